@@ -1,1 +1,152 @@
-fn main() {}
+//! The `sentinel` binary: `serve`, `migrate` and `dev`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sentinel_server::config::{ServerConfig, ServerOptions};
+use sentinel_server::dev::{default_data_dir, DevPostgres};
+use sentinel_server::server;
+use sentinel_server::store::Store;
+
+#[derive(Parser)]
+#[command(
+    name = "sentinel",
+    version,
+    about = "Run any keyed operation once: fencing tokens, leases and replayed results on PostgreSQL"
+)]
+struct Cli {
+    /// Log format; levels come from RUST_LOG (default info).
+    #[arg(
+        long,
+        global = true,
+        env = "SENTINEL_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve gRPC against an existing PostgreSQL (migrates it first).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "SENTINEL_LISTEN", default_value = "0.0.0.0:50051")]
+        listen: SocketAddr,
+        /// PostgreSQL connection URL, e.g. postgres://user:pass@host:5432/db.
+        #[arg(long, env = "SENTINEL_DATABASE_URL")]
+        database_url: String,
+        #[command(flatten)]
+        options: ServerOptions,
+    },
+    /// Apply the embedded database migrations and exit.
+    Migrate {
+        /// PostgreSQL connection URL.
+        #[arg(long, env = "SENTINEL_DATABASE_URL")]
+        database_url: String,
+    },
+    /// Run on a throwaway local PostgreSQL that Sentinel starts and stops itself.
+    Dev {
+        /// Address to listen on.
+        #[arg(long, env = "SENTINEL_LISTEN", default_value = "127.0.0.1:50051")]
+        listen: SocketAddr,
+        /// Directory for the PostgreSQL cluster (kept between runs).
+        #[arg(long, env = "SENTINEL_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        options: ServerOptions,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The line scripts and tests wait for; printed once requests can be served.
+fn announce(addr: SocketAddr) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "sentinel listening on {addr}");
+    let _ = out.flush();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sentinel: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve {
+            listen,
+            database_url,
+            options,
+        } => {
+            let listener = server::bind(listen).await?;
+            let config = ServerConfig {
+                listen,
+                database_url,
+                options,
+            };
+            server::run(config, listener, server::shutdown_signal(), announce).await
+        }
+        Command::Migrate { database_url } => {
+            let store = Store::connect(&database_url, 1)?;
+            let applied = store.migrate().await?;
+            println!("sentinel: {} migration(s) applied", applied.len());
+            Ok(())
+        }
+        Command::Dev {
+            listen,
+            data_dir,
+            options,
+        } => {
+            // Bind first: a taken port is reported before anything is started.
+            let listener = server::bind(listen).await?;
+            let data_dir = data_dir.unwrap_or_else(default_data_dir);
+            let pg = DevPostgres::start(&data_dir).await?;
+            eprintln!(
+                "sentinel dev: PostgreSQL running in {} (socket in that directory)",
+                pg.data_dir.display()
+            );
+            let config = ServerConfig {
+                listen,
+                database_url: pg.url.clone(),
+                options,
+            };
+            let served = server::run(config, listener, server::shutdown_signal(), |addr| {
+                announce(addr);
+                eprintln!("sentinel dev: try `grpcurl -plaintext {addr} list`; Ctrl-C stops Sentinel and PostgreSQL");
+            })
+            .await;
+            let stopped = pg.stop().await;
+            eprintln!("sentinel dev: PostgreSQL stopped");
+            served.and(stopped)
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Assembly of a serving replica: store, migrations, the gRPC service with health and
+//! reflection, the sweeper, and a shutdown with a bound.
+//!
+//! Shutdown order: mark health NOT_SERVING, end the heartbeat streams (they never end by
+//! themselves; clients re-open them on another replica), stop accepting and drain in-flight
+//! requests for at most `drain_timeout`, stop the sweeper, and close the pool last.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sentinel_proto::v1::sentinel_service_server::SentinelServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::api::SentinelApi;
+use crate::config::ServerConfig;
+use crate::store::Store;
+
+/// The name under which health reports the service.
+pub const SERVICE_NAME: &str = "sentinel.v1.SentinelService";
+
+/// Binds the listen address with a clear error when it is taken.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr}: is another process using it? (set --listen)")
+    })
+}
+
+/// Connects, migrates, then serves on `listener` until `shutdown` resolves. `ready` is
+/// called with the bound address once requests can be served.
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    let options = config.options.clone();
+    let store = Store::connect(&config.database_url, options.pool_size)?;
+    let applied = store
+        .migrate()
+        .await
+        .context("cannot prepare the database (is it running, and is the URL right?)")?;
+    if !applied.is_empty() {
+        tracing::info!(?applied, "database migrated");
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (api, workers) = SentinelApi::new(store.clone(), &options, shutdown_rx.clone());
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+        .await;
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sentinel_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sentinel_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building the reflection service")?;
+
+    let sweeper = {
+        let store = store.clone();
+        let mut stop = shutdown_rx.clone();
+        let (interval, batch) = (options.sweep_interval, options.sweep_batch);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tokio::time::sleep(jitter(interval)) => {}
+                }
+                match store.sweep(batch, 10).await {
+                    Ok(s) if s.expired > 0 || s.deleted > 0 => {
+                        tracing::info!(expired = s.expired, deleted = s.deleted, "sweep")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "sweep failed"),
+                }
+            }
+        })
+    };
+    let pruner = {
+        let leases = api.leases();
+        let mut stop = shutdown_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => leases.prune(),
+                }
+            }
+        })
+    };
+
+    let max_message = options.limits.max_response_bytes + 64 * 1024;
+    let service = SentinelServiceServer::new(api)
+        .max_decoding_message_size(max_message.max(4 << 20))
+        .max_encoding_message_size(max_message.max(4 << 20));
+
+    let addr = listener.local_addr()?;
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain_signal = {
+        let health = health.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining");
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            health
+                .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+                .await;
+            let _ = shutdown_tx.send(true);
+            let _ = drain_tx.send(());
+        }
+    };
+    let serve = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain_signal);
+
+    ready(addr);
+    tracing::info!(%addr, "serving");
+
+    // The drain is bounded: once shutdown begins, in-flight requests get `drain_timeout`.
+    let drain_timeout = options.drain_timeout;
+    let bounded = async move {
+        tokio::pin!(serve);
+        tokio::select! {
+            r = &mut serve => r,
+            _ = async {
+                let _ = drain_rx.await;
+                tokio::time::sleep(drain_timeout).await;
+            } => {
+                tracing::warn!("drain timeout reached; stopping with requests in flight");
+                Ok(())
+            }
+        }
+    };
+    let served = bounded.await;
+
+    let _ = sweeper.await;
+    let _ = pruner.await;
+    for w in workers {
+        w.abort();
+    }
+    store.close();
+    tracing::info!("stopped");
+    served.context("gRPC server failed")
+}
+
+/// Spreads sweeps of several replicas over the interval.
+fn jitter(d: Duration) -> Duration {
+    let f = 0.75 + rand::random::<f64>() * 0.5;
+    d.mul_f64(f)
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,606 @@
+//! PostgreSQL persistence: one method per operation, each taking a whole batch.
+//!
+//! Every operation that changes a record runs in one transaction that
+//! 1. locks the batch's records in primary-key order (`FOR UPDATE`), then reads the database
+//!    clock, so that time spent waiting for a lock cannot make an expired lease look live;
+//! 2. lets `core` decide each item against the locked record and that clock;
+//! 3. writes new records, fenced updates (`WHERE token = expected`, checked by rows affected)
+//!    and history events, one statement per kind for the whole batch;
+//! 4. commits, with synchronous commit on, before anyone is answered.
+//!
+//! A batch that names the same key twice is decided in rounds inside the transaction, each
+//! round seeing the writes of the previous one, so duplicates behave exactly as if they had
+//! arrived one after the other. Heartbeats need no transaction: one fenced `UPDATE` renews
+//! the whole batch (`sql::HEARTBEAT`).
+
+mod migrate;
+mod rows;
+pub mod sql;
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::core::{
+    self, ClaimDecision, ClaimOutcome, ClaimRequest, CompleteRequest, CompleteResult, ExecKey,
+    ExecutionView, HeartbeatRequest, HeartbeatResult, HistoryEvent, Key, ListRequest,
+    ReconcileRequest, ReconcileResult, Rejection, Timestamp, Token,
+};
+use crate::error::{Error, Result};
+pub use migrate::{migrate, MIGRATIONS};
+use rows::{history_from_row, record_from_row, token_param, EventColumns, RecordColumns};
+
+/// A token that this store bumped, so that whoever held the old one is now fenced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Superseded {
+    pub key: ExecKey,
+    pub token: Token,
+}
+
+/// Results of a batch: one per request, in request order, plus the tokens it superseded.
+pub struct BatchResult<T> {
+    pub items: Vec<Result<T, Rejection>>,
+    pub superseded: Vec<Superseded>,
+}
+
+/// Counts of one sweep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepStats {
+    pub expired: u64,
+    pub deleted: u64,
+    /// False when another replica held the sweep lock.
+    pub ran: bool,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+/// How many times a batch is retried after a deadlock or serialization failure.
+const CONFLICT_RETRIES: usize = 5;
+
+impl Store {
+    /// Creates the pool. Connections are opened lazily; see [`Store::check`].
+    pub fn connect(database_url: &str, pool_size: usize) -> Result<Store> {
+        let mut config = tokio_postgres::Config::from_str(database_url)
+            .map_err(|e| Error::DatabaseUnavailable(format!("invalid database URL: {e}")))?;
+        if config.get_application_name().is_none() {
+            config.application_name("sentinel");
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(Duration::from_secs(5)))
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| Error::Internal(format!("building the connection pool: {e}")))?;
+        Ok(Store { pool })
+    }
+
+    /// Opens one connection and applies pending migrations.
+    pub async fn migrate(&self) -> Result<Vec<i32>> {
+        let mut client = self.client().await?;
+        migrate(&mut client).await
+    }
+
+    /// Checks that the database answers.
+    pub async fn check(&self) -> Result<()> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(classify)?;
+        Ok(())
+    }
+
+    /// Current pool usage: (size, available).
+    pub fn pool_status(&self) -> (usize, usize) {
+        let s = self.pool.status();
+        (s.size, s.available)
+    }
+
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| Error::DatabaseUnavailable(format!("no database connection: {e}")))
+    }
+
+    /// Claims a batch.
+    pub async fn claim(&self, reqs: &[ClaimRequest]) -> Result<BatchResult<ClaimOutcome>> {
+        retry_conflicts(|| self.claim_once(reqs)).await
+    }
+
+    async fn claim_once(&self, reqs: &[ClaimRequest]) -> Result<BatchResult<ClaimOutcome>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(classify)?;
+        let mut items: Vec<Option<Result<ClaimOutcome, Rejection>>> = vec![None; reqs.len()];
+        let mut superseded = Vec::new();
+        let mut events = EventColumns::default();
+        let mut pending: Vec<usize> = (0..reqs.len()).collect();
+
+        while !pending.is_empty() {
+            let (round, mut rest) = split_round(&pending, |i| &reqs[i].key);
+            let (now, records) = lock_records(&tx, round.iter().map(|&i| &reqs[i].key)).await?;
+            let mut creates = Vec::new();
+            let mut updates = RecordColumns::default();
+            for &i in &round {
+                let req = &reqs[i];
+                match core::decide_claim(req, records.get(&req.key), now) {
+                    ClaimDecision::Create { record, event } => creates.push((i, record, event)),
+                    ClaimDecision::Acquire(w) => {
+                        updates.push(&req.key, &w.record, w.expected_token);
+                        events.push(&w.event);
+                        if w.event.reason == "takeover" {
+                            superseded.push(Superseded {
+                                key: req.key.clone(),
+                                token: w.record.token,
+                            });
+                        }
+                        items[i] = Some(Ok(core::acquired_outcome(&w.record, now)));
+                    }
+                    ClaimDecision::Reply(outcome) => items[i] = Some(Ok(outcome)),
+                    ClaimDecision::Reject(r) => items[i] = Some(Err(r)),
+                }
+            }
+            if !creates.is_empty() {
+                let mut cols = RecordColumns::default();
+                for (i, record, _) in &creates {
+                    cols.push(&reqs[*i].key, record, 0);
+                }
+                let stmt = tx
+                    .prepare_cached(sql::INSERT_RECORDS)
+                    .await
+                    .map_err(classify)?;
+                let rows = tx.query(&stmt, &cols.params()).await.map_err(classify)?;
+                let mut tokens = HashMap::with_capacity(rows.len());
+                for row in rows {
+                    let ns: String = row.get(0);
+                    let key: String = row.get(1);
+                    let token: i64 = row.get(2);
+                    tokens.insert((ns, key), token as u64);
+                }
+                for (i, mut record, mut event) in creates {
+                    let k = &reqs[i].key;
+                    match tokens.get(&(k.namespace.as_str().to_owned(), k.key.as_str().to_owned()))
+                    {
+                        Some(&token) => {
+                            record.token = token;
+                            event.token = token;
+                            events.push(&event);
+                            items[i] = Some(Ok(core::acquired_outcome(&record, now)));
+                        }
+                        // Another transaction created it first: decide again next round,
+                        // against the record it committed.
+                        None => rest.push(i),
+                    }
+                }
+            }
+            write_updates(&tx, &updates).await?;
+            rest.sort_unstable();
+            pending = rest;
+        }
+        insert_events(&tx, &events).await?;
+        commit(tx).await?;
+        Ok(BatchResult {
+            items: items
+                .into_iter()
+                .map(|r| r.expect("every item decided"))
+                .collect(),
+            superseded,
+        })
+    }
+
+    /// Completes a batch.
+    pub async fn complete(&self, reqs: &[CompleteRequest]) -> Result<BatchResult<CompleteResult>> {
+        retry_conflicts(|| self.complete_once(reqs)).await
+    }
+
+    async fn complete_once(&self, reqs: &[CompleteRequest]) -> Result<BatchResult<CompleteResult>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(classify)?;
+        let mut items: Vec<Option<Result<CompleteResult, Rejection>>> = vec![None; reqs.len()];
+        let mut events = EventColumns::default();
+        let mut pending: Vec<usize> = (0..reqs.len()).collect();
+        while !pending.is_empty() {
+            let (round, rest) = split_round(&pending, |i| &reqs[i].key);
+            let (now, records) = lock_records(&tx, round.iter().map(|&i| &reqs[i].key)).await?;
+            let mut updates = RecordColumns::default();
+            for &i in &round {
+                let req = &reqs[i];
+                items[i] = Some(
+                    match core::decide_complete(req, records.get(&req.key), now) {
+                        Ok((result, write)) => {
+                            if let Some(w) = write {
+                                updates.push(&req.key, &w.record, w.expected_token);
+                                events.push(&w.event);
+                            }
+                            Ok(result)
+                        }
+                        Err(r) => Err(r),
+                    },
+                );
+            }
+            write_updates(&tx, &updates).await?;
+            pending = rest;
+        }
+        insert_events(&tx, &events).await?;
+        commit(tx).await?;
+        Ok(BatchResult {
+            items: items
+                .into_iter()
+                .map(|r| r.expect("every item decided"))
+                .collect(),
+            superseded: Vec::new(),
+        })
+    }
+
+    /// Reconciles one execution.
+    pub async fn reconcile(&self, req: &ReconcileRequest) -> Result<BatchResult<ReconcileResult>> {
+        retry_conflicts(|| self.reconcile_once(req)).await
+    }
+
+    async fn reconcile_once(&self, req: &ReconcileRequest) -> Result<BatchResult<ReconcileResult>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(classify)?;
+        let (now, records) = lock_records(&tx, std::iter::once(&req.key)).await?;
+        let (item, superseded) = match core::decide_reconcile(req, records.get(&req.key), now) {
+            Ok((result, w)) => {
+                let mut updates = RecordColumns::default();
+                updates.push(&req.key, &w.record, w.expected_token);
+                write_updates(&tx, &updates).await?;
+                let mut events = EventColumns::default();
+                events.push(&w.event);
+                insert_events(&tx, &events).await?;
+                commit(tx).await?;
+                let s = Superseded {
+                    key: req.key.clone(),
+                    token: result.token,
+                };
+                (Ok(result), vec![s])
+            }
+            Err(r) => (Err(r), Vec::new()),
+        };
+        Ok(BatchResult {
+            items: vec![item],
+            superseded,
+        })
+    }
+
+    /// Renews a batch of leases in one statement.
+    pub async fn heartbeat(&self, reqs: &[HeartbeatRequest]) -> Result<Vec<HeartbeatResult>> {
+        retry_conflicts(|| self.heartbeat_once(reqs)).await
+    }
+
+    async fn heartbeat_once(&self, reqs: &[HeartbeatRequest]) -> Result<Vec<HeartbeatResult>> {
+        let client = self.client().await?;
+        let mut namespaces = Vec::with_capacity(reqs.len());
+        let mut keys = Vec::with_capacity(reqs.len());
+        let mut tokens = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            namespaces.push(r.key.namespace.as_str());
+            keys.push(r.key.key.as_str());
+            tokens.push(token_param(r.token));
+        }
+        let stmt = client
+            .prepare_cached(sql::HEARTBEAT)
+            .await
+            .map_err(classify)?;
+        let rows = client
+            .query(&stmt, &[&namespaces, &keys, &tokens])
+            .await
+            .map_err(classify)?;
+        if rows.len() != reqs.len() {
+            return Err(Error::Internal(format!(
+                "heartbeat returned {} rows for {} requests",
+                rows.len(),
+                reqs.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(reqs.len());
+        for (req, row) in reqs.iter().zip(rows) {
+            let renewed: Option<Timestamp> = row.try_get(1).map_err(classify)?;
+            let now: Timestamp = row.try_get(2).map_err(classify)?;
+            if let Some(until) = renewed {
+                out.push(HeartbeatResult::Alive {
+                    lease_expires_at: until,
+                    ttl_remaining: (until - now).to_std().unwrap_or_default(),
+                });
+                continue;
+            }
+            let present: Option<String> = row.try_get(3).map_err(classify)?;
+            let record = match present {
+                Some(_) => Some(record_from_row(&row, 3)?.1),
+                None => None,
+            };
+            let reason = core::classify_lost(req.token, record.as_ref(), now);
+            let detail = match &record {
+                Some(r) if reason == core::LostReason::Fenced => {
+                    format!("token {} is superseded by token {}", req.token, r.token)
+                }
+                Some(r) => format!("execution is {}", r.effective(now).state.name()),
+                None => "no execution for this namespace and key".to_owned(),
+            };
+            out.push(HeartbeatResult::Lost { reason, detail });
+        }
+        Ok(out)
+    }
+
+    /// One record and its newest history events.
+    pub async fn inspect(
+        &self,
+        key: &ExecKey,
+        history_limit: u32,
+    ) -> Result<Option<(ExecutionView, Vec<HistoryEvent>)>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(sql::GET_RECORD)
+            .await
+            .map_err(classify)?;
+        let row = client
+            .query_opt(&stmt, &[&key.namespace.as_str(), &key.key.as_str()])
+            .await
+            .map_err(classify)?;
+        let Some(row) = row else { return Ok(None) };
+        let (key, record) = record_from_row(&row, 0)?;
+        let now: Timestamp = row.try_get(18).map_err(classify)?;
+        if record.retention_over(now) {
+            return Ok(None);
+        }
+        let stmt = client
+            .prepare_cached(sql::GET_HISTORY)
+            .await
+            .map_err(classify)?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &key.namespace.as_str(),
+                    &key.key.as_str(),
+                    &i64::from(history_limit),
+                ],
+            )
+            .await
+            .map_err(classify)?;
+        let history = rows
+            .iter()
+            .map(history_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let effective = record.effective(now);
+        Ok(Some((
+            ExecutionView {
+                key,
+                record,
+                effective,
+            },
+            history,
+        )))
+    }
+
+    /// One page of a namespace, ordered by key.
+    pub async fn list(&self, req: &ListRequest) -> Result<Vec<ExecutionView>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(sql::LIST_RECORDS)
+            .await
+            .map_err(classify)?;
+        let after = req.after.as_ref().map_or("", Key::as_str);
+        let state: i16 = req.state.map_or(0, core::State::code);
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &req.namespace.as_str(),
+                    &after,
+                    &state,
+                    &i64::from(req.page_size),
+                ],
+            )
+            .await
+            .map_err(classify)?;
+        rows.iter()
+            .map(|row| {
+                let (key, record) = record_from_row(row, 0)?;
+                let now: Timestamp = row.try_get(18).map_err(classify)?;
+                let effective = record.effective(now);
+                Ok(ExecutionView {
+                    key,
+                    record,
+                    effective,
+                })
+            })
+            .collect()
+    }
+
+    /// One bounded sweep: marks expired leases UNCERTAIN and deletes records past retention,
+    /// at most `batch` of each per transaction and `max_batches` transactions. Only one
+    /// replica sweeps at a time (a transaction-level advisory lock per batch).
+    pub async fn sweep(&self, batch: i64, max_batches: usize) -> Result<SweepStats> {
+        let mut stats = SweepStats::default();
+        let mut client = self.client().await?;
+        for _ in 0..max_batches {
+            let tx = client.transaction().await.map_err(classify)?;
+            let locked: bool = tx
+                .query_one(sql::SWEEP_LOCK, &[])
+                .await
+                .map_err(classify)?
+                .get(0);
+            if !locked {
+                return Ok(stats);
+            }
+            stats.ran = true;
+            let expired = tx
+                .query(sql::SWEEP_EXPIRED, &[&batch])
+                .await
+                .map_err(classify)?;
+            let deleted: i64 = tx
+                .query_one(sql::SWEEP_RETENTION, &[&batch])
+                .await
+                .map_err(classify)?
+                .get(0);
+            tx.commit().await.map_err(classify)?;
+            stats.expired += expired.len() as u64;
+            stats.deleted += deleted as u64;
+            if (expired.len() as i64) < batch && deleted < batch {
+                break;
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// Splits pending items into a round with the first occurrence of each key (sorted by key,
+/// the lock order) and the rest.
+fn split_round<'a>(
+    pending: &[usize],
+    key_of: impl Fn(usize) -> &'a ExecKey,
+) -> (Vec<usize>, Vec<usize>) {
+    let mut seen = HashSet::with_capacity(pending.len());
+    let (mut round, rest): (Vec<usize>, Vec<usize>) =
+        pending.iter().partition(|&&i| seen.insert(key_of(i)));
+    round.sort_by(|&a, &b| key_of(a).cmp(key_of(b)));
+    (round, rest)
+}
+
+async fn lock_records<'a>(
+    tx: &deadpool_postgres::Transaction<'_>,
+    keys: impl Iterator<Item = &'a ExecKey>,
+) -> Result<(Timestamp, HashMap<ExecKey, core::Record>)> {
+    let (namespaces, keys): (Vec<&str>, Vec<&str>) =
+        keys.map(|k| (k.namespace.as_str(), k.key.as_str())).unzip();
+    let stmt = tx
+        .prepare_cached(sql::LOCK_RECORDS)
+        .await
+        .map_err(classify)?;
+    let rows = tx
+        .query(&stmt, &[&namespaces, &keys])
+        .await
+        .map_err(classify)?;
+    let mut records = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let (key, record) = record_from_row(row, 0)?;
+        records.insert(key, record);
+    }
+    let clock = tx.prepare_cached(sql::CLOCK).await.map_err(classify)?;
+    let now: Timestamp = tx.query_one(&clock, &[]).await.map_err(classify)?.get(0);
+    Ok((now, records))
+}
+
+async fn write_updates(
+    tx: &deadpool_postgres::Transaction<'_>,
+    updates: &RecordColumns,
+) -> Result<()> {
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let stmt = tx
+        .prepare_cached(sql::UPDATE_RECORDS)
+        .await
+        .map_err(classify)?;
+    let mut params = updates.params();
+    params.push(&updates.expected_token);
+    let rows = tx.query(&stmt, &params).await.map_err(classify)?;
+    // We hold the row locks, so every fenced update must hit: anything else is a bug, and
+    // the transaction is abandoned rather than committed half-written.
+    if rows.len() != updates.namespace.len() {
+        return Err(Error::Internal(format!(
+            "fenced update wrote {} of {} locked records",
+            rows.len(),
+            updates.namespace.len()
+        )));
+    }
+    Ok(())
+}
+
+async fn insert_events(
+    tx: &deadpool_postgres::Transaction<'_>,
+    events: &EventColumns,
+) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let stmt = tx
+        .prepare_cached(sql::INSERT_EVENTS)
+        .await
+        .map_err(classify)?;
+    tx.execute(&stmt, &events.params())
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+/// Commits. A connection lost during COMMIT leaves the outcome unknown, which callers must
+/// be told (they retry the claim with the same claim id, or inspect).
+async fn commit(tx: deadpool_postgres::Transaction<'_>) -> Result<()> {
+    tx.commit().await.map_err(|e| {
+        if e.code().is_some() {
+            classify(e)
+        } else {
+            Error::CommitUnknown(e.to_string())
+        }
+    })
+}
+
+/// Whether an error is a deadlock or serialization failure, which is safe to retry: the
+/// transaction was rolled back.
+fn is_conflict(e: &Error) -> bool {
+    matches!(e, Error::DatabaseUnavailable(m) if m.starts_with("conflict:"))
+}
+
+async fn retry_conflicts<T, F, Fut>(mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Err(e) if is_conflict(&e) && attempt < CONFLICT_RETRIES => {
+                attempt += 1;
+                tracing::debug!(attempt, error = %e, "retrying batch after a conflict");
+                tokio::time::sleep(Duration::from_millis(
+                    rand::random_range(1..10) * attempt as u64,
+                ))
+                .await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Maps a driver error to the service error: connection trouble and server shutdowns are
+/// UNAVAILABLE (retryable, nothing committed), everything else is a bug.
+fn classify(e: tokio_postgres::Error) -> Error {
+    use tokio_postgres::error::SqlState;
+    match e.code() {
+        Some(code)
+            if *code == SqlState::T_R_DEADLOCK_DETECTED
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE =>
+        {
+            Error::DatabaseUnavailable(format!("conflict: {e}"))
+        }
+        Some(code) => {
+            let class = &code.code()[..2];
+            // 08 connection, 53 resources, 57 operator intervention (shutdown), 58 system.
+            if matches!(class, "08" | "53" | "57" | "58") {
+                Error::DatabaseUnavailable(e.to_string())
+            } else {
+                Error::Internal(format!("database error: {e}"))
+            }
+        }
+        None => Error::DatabaseUnavailable(e.to_string()),
+    }
+}

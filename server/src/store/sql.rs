@@ -1,0 +1,190 @@
+//! Every SQL statement of the store, in one place. All of them take arrays (`unnest`) so
+//! that one statement serves a whole batch; all of them are prepared once per connection.
+
+/// The columns of `executions`, in the order `rows::record_from_row` reads them.
+macro_rules! record_columns {
+    () => {
+        "namespace, key, state, token, attempt, fingerprint, holder, claim_id, lease_ttl_ms, \
+         lease_expires_at, hard_deadline_at, uncertain_reason, response, error, retention_ms, \
+         retention_until, created_at, updated_at"
+    };
+}
+
+/// Locks the records of a batch in primary-key order (so concurrent batches cannot deadlock
+/// on each other) and returns them.
+pub const LOCK_RECORDS: &str = concat!(
+    "SELECT ",
+    "e.namespace, e.key, e.state, e.token, e.attempt, e.fingerprint, e.holder, e.claim_id, \
+     e.lease_ttl_ms, e.lease_expires_at, e.hard_deadline_at, e.uncertain_reason, e.response, \
+     e.error, e.retention_ms, e.retention_until, e.created_at, e.updated_at",
+    " FROM executions e
+      JOIN unnest($1::text[], $2::text[]) AS u(namespace, key)
+        ON e.namespace = u.namespace AND e.key = u.key
+     ORDER BY e.namespace, e.key
+     FOR UPDATE OF e"
+);
+
+/// The database clock, read after the row locks are held so that time spent waiting for a
+/// lock never makes an expired lease look live.
+pub const CLOCK: &str = "SELECT clock_timestamp()";
+
+/// Inserts new records. The first token of a key continues above any token the key had
+/// before retention deleted it (`token_floors`). The floor is read by this statement, which
+/// starts after the batch's row locks were taken, so it sees any deletion that raced with it.
+/// Rows that another transaction inserted first are skipped and retried by the caller.
+pub const INSERT_RECORDS: &str = concat!(
+    "INSERT INTO executions (",
+    record_columns!(),
+    ")
+     SELECT u.namespace, u.key, u.state, coalesce(f.floor, 0) + 1, u.attempt, u.fingerprint,
+            u.holder, u.claim_id, u.lease_ttl_ms, u.lease_expires_at, u.hard_deadline_at,
+            u.uncertain_reason, u.response, u.error, u.retention_ms, u.retention_until,
+            u.created_at, u.updated_at
+       FROM unnest($1::text[], $2::text[], $3::int2[], $4::int8[], $5::int4[], $6::bytea[],
+                   $7::text[], $8::text[], $9::int8[], $10::timestamptz[], $11::timestamptz[],
+                   $12::int2[], $13::bytea[], $14::text[], $15::int8[], $16::timestamptz[],
+                   $17::timestamptz[], $18::timestamptz[])
+            AS u(namespace, key, state, token, attempt, fingerprint, holder, claim_id,
+                 lease_ttl_ms, lease_expires_at, hard_deadline_at, uncertain_reason, response,
+                 error, retention_ms, retention_until, created_at, updated_at)
+       LEFT JOIN token_floors f ON f.bucket = sentinel_token_bucket(u.namespace, u.key)
+      ORDER BY u.namespace, u.key
+     ON CONFLICT (namespace, key) DO NOTHING
+     RETURNING namespace, key, token"
+);
+
+/// Writes changed records, fenced: a row is written only if it still has the token it had
+/// when it was read. `$4` is that expected token; `token` is the new one.
+pub const UPDATE_RECORDS: &str = "
+    UPDATE executions e
+       SET state = u.state, token = u.token, attempt = u.attempt, fingerprint = u.fingerprint,
+           holder = u.holder, claim_id = u.claim_id, lease_ttl_ms = u.lease_ttl_ms,
+           lease_expires_at = u.lease_expires_at, hard_deadline_at = u.hard_deadline_at,
+           uncertain_reason = u.uncertain_reason, response = u.response, error = u.error,
+           retention_ms = u.retention_ms, retention_until = u.retention_until,
+           created_at = u.created_at, updated_at = u.updated_at
+      FROM unnest($1::text[], $2::text[], $3::int2[], $4::int8[], $5::int4[], $6::bytea[],
+                  $7::text[], $8::text[], $9::int8[], $10::timestamptz[], $11::timestamptz[],
+                  $12::int2[], $13::bytea[], $14::text[], $15::int8[], $16::timestamptz[],
+                  $17::timestamptz[], $18::timestamptz[], $19::int8[])
+           AS u(namespace, key, state, token, attempt, fingerprint, holder, claim_id,
+                lease_ttl_ms, lease_expires_at, hard_deadline_at, uncertain_reason, response,
+                error, retention_ms, retention_until, created_at, updated_at, expected_token)
+     WHERE e.namespace = u.namespace AND e.key = u.key AND e.token = u.expected_token
+    RETURNING e.namespace, e.key";
+
+/// Appends history events.
+pub const INSERT_EVENTS: &str = "
+    INSERT INTO execution_events (namespace, key, token, from_state, to_state, reason, actor, note)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int2[], $5::int2[], $6::text[],
+                         $7::text[], $8::text[])";
+
+/// Renews a batch of leases in one statement, fenced by token and judged by the database
+/// clock: only a RUNNING record with this token and a lease that has not yet expired is
+/// extended, to min(now + lease_ttl, hard deadline). An expired lease is never revived.
+/// For the items it did not renew it returns the record as the statement saw it, so that
+/// the core can say why.
+pub const HEARTBEAT: &str = concat!(
+    "WITH u AS (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::int8[]) WITH ORDINALITY
+                 AS u(namespace, key, token, ord)
+     ), renewed AS (
+        UPDATE executions e
+           SET lease_expires_at = least(clock_timestamp() + e.lease_ttl_ms * interval '1 millisecond',
+                                        e.hard_deadline_at)
+          FROM u
+         WHERE e.namespace = u.namespace AND e.key = u.key AND e.token = u.token
+           AND e.state = 1 AND e.lease_expires_at > clock_timestamp()
+        RETURNING e.namespace, e.key, e.token, e.lease_expires_at
+     )
+     SELECT u.ord, r.lease_expires_at AS renewed_until, clock_timestamp() AS now, ",
+    "e.namespace, e.key, e.state, e.token, e.attempt, e.fingerprint, e.holder, e.claim_id, \
+     e.lease_ttl_ms, e.lease_expires_at, e.hard_deadline_at, e.uncertain_reason, e.response, \
+     e.error, e.retention_ms, e.retention_until, e.created_at, e.updated_at",
+    " FROM u
+       LEFT JOIN renewed r
+              ON r.namespace = u.namespace AND r.key = u.key AND r.token = u.token
+       LEFT JOIN executions e
+              ON r.key IS NULL AND e.namespace = u.namespace AND e.key = u.key
+      ORDER BY u.ord"
+);
+
+/// One record, without locking.
+pub const GET_RECORD: &str = concat!(
+    "SELECT ",
+    record_columns!(),
+    ", clock_timestamp() FROM executions WHERE namespace = $1 AND key = $2"
+);
+
+/// The newest history events of a record.
+pub const GET_HISTORY: &str = "
+    SELECT at, token, from_state, to_state, reason, actor, note
+      FROM execution_events
+     WHERE namespace = $1 AND key = $2
+     ORDER BY id DESC
+     LIMIT $3";
+
+/// One page of a namespace, by key, filtered by the *reported* state (`$3`, 0 for any):
+/// an expired RUNNING record is listed as UNCERTAIN, and a record past retention is gone.
+pub const LIST_RECORDS: &str = concat!(
+    "SELECT ",
+    record_columns!(),
+    ", now() FROM executions
+      WHERE namespace = $1 AND key > $2
+        AND NOT (state IN (2, 3) AND retention_until <= now())
+        AND ($3 = 0 OR $3 = CASE WHEN state = 1 AND lease_expires_at <= now() THEN 4 ELSE state END)
+      ORDER BY key
+      LIMIT $4"
+);
+
+/// Only one replica sweeps at a time; the lock is held for one batch transaction.
+pub const SWEEP_LOCK: &str = "SELECT pg_try_advisory_xact_lock(1397050964)";
+
+/// Writes UNCERTAIN into a bounded batch of RUNNING records whose lease expired, with the
+/// same reason rule as `Record::expiry_reason`, and their history events.
+pub const SWEEP_EXPIRED: &str = "
+    WITH x AS (
+        SELECT namespace, key FROM executions
+         WHERE state = 1 AND lease_expires_at <= clock_timestamp()
+         LIMIT $1
+           FOR UPDATE SKIP LOCKED
+    ), u AS (
+        UPDATE executions e
+           SET state = 4,
+               uncertain_reason = CASE WHEN e.lease_expires_at >= e.hard_deadline_at THEN 2 ELSE 1 END,
+               updated_at = e.lease_expires_at
+          FROM x
+         WHERE e.namespace = x.namespace AND e.key = x.key
+           AND e.state = 1 AND e.lease_expires_at <= clock_timestamp()
+        RETURNING e.namespace, e.key, e.token, e.uncertain_reason, e.holder
+    ), ev AS (
+        INSERT INTO execution_events (namespace, key, token, from_state, to_state, reason, actor, note)
+        SELECT namespace, key, token, 1, 4,
+               CASE uncertain_reason WHEN 2 THEN 'hard_deadline' ELSE 'lease_expired' END,
+               'sweeper', ''
+          FROM u
+    )
+    SELECT u.namespace, u.key, u.token FROM u";
+
+/// Deletes a bounded batch of records past retention, with their history, and raises the
+/// token floor of their buckets so that the keys continue above their old tokens.
+pub const SWEEP_RETENTION: &str = "
+    WITH d AS (
+        DELETE FROM executions
+         WHERE (namespace, key) IN (
+                SELECT namespace, key FROM executions
+                 WHERE state IN (2, 3) AND retention_until <= clock_timestamp()
+                 LIMIT $1
+                   FOR UPDATE SKIP LOCKED)
+           AND state IN (2, 3) AND retention_until <= clock_timestamp()
+        RETURNING namespace, key, token
+    ), f AS (
+        INSERT INTO token_floors (bucket, floor)
+        SELECT sentinel_token_bucket(namespace, key), max(token) FROM d GROUP BY 1
+        ON CONFLICT (bucket) DO UPDATE SET floor = greatest(token_floors.floor, excluded.floor)
+    ), ev AS (
+        DELETE FROM execution_events ev
+         USING d
+         WHERE ev.namespace = d.namespace AND ev.key = d.key AND ev.token <= d.token
+    )
+    SELECT count(*) FROM d";
