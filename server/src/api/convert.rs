@@ -592,9 +592,13 @@ mod tests {
 
     #[test]
     fn hard_ttl_defaults_to_at_least_lease() {
+        let limits = Limits {
+            default_hard_ttl: Duration::from_secs(60),
+            ..Limits::default()
+        };
         let mut r = claim("ns", "k");
-        r.lease_ttl = Some(duration_to_pb(Duration::from_secs(7200)));
-        let c = claim_request(&Limits::default(), r).unwrap();
-        assert_eq!(c.hard_ttl, Duration::from_secs(7200));
+        r.lease_ttl = Some(duration_to_pb(Duration::from_secs(120)));
+        let c = claim_request(&limits, r).unwrap();
+        assert_eq!(c.hard_ttl, Duration::from_secs(120));
     }
 }

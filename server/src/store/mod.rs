@@ -601,6 +601,16 @@ fn classify(e: tokio_postgres::Error) -> Error {
                 Error::Internal(format!("database error: {e}"))
             }
         }
-        None => Error::DatabaseUnavailable(e.to_string()),
+        // No SQLSTATE: the connection broke (unavailable) or we sent something the driver
+        // could not encode (a bug).
+        None => {
+            use std::error::Error as _;
+            let io = e.source().is_some_and(|s| s.is::<std::io::Error>());
+            if e.is_closed() || io {
+                Error::DatabaseUnavailable(e.to_string())
+            } else {
+                Error::Internal(format!("database driver: {e}"))
+            }
+        }
     }
 }

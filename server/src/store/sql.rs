@@ -132,7 +132,7 @@ pub const LIST_RECORDS: &str = concat!(
     ", now() FROM executions
       WHERE namespace = $1 AND key > $2
         AND NOT (state IN (2, 3) AND retention_until <= now())
-        AND ($3 = 0 OR $3 = CASE WHEN state = 1 AND lease_expires_at <= now() THEN 4 ELSE state END)
+        AND ($3::smallint = 0 OR $3::smallint = CASE WHEN state = 1 AND lease_expires_at <= now() THEN 4 ELSE state END)
       ORDER BY key
       LIMIT $4"
 );
