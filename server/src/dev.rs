@@ -158,6 +158,9 @@ impl DevPostgres {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
+            // Its own process group: a Ctrl-C in the terminal reaches only Sentinel, which
+            // drains first and then stops PostgreSQL.
+            .process_group(0)
             .kill_on_drop(true);
         // If we die without cleaning up, PostgreSQL must not outlive us.
         #[cfg(target_os = "linux")]

@@ -28,11 +28,13 @@ async fn apply(client: &mut deadpool_postgres::Object) -> Result<Vec<i32>> {
     let fail = |e: tokio_postgres::Error| Error::DatabaseUnavailable(format!("migrating: {e}"));
     client
         .batch_execute(
-            "CREATE TABLE IF NOT EXISTS sentinel_migrations (
+            "SET client_min_messages = warning;
+             CREATE TABLE IF NOT EXISTS sentinel_migrations (
                  version    integer PRIMARY KEY,
                  name       text NOT NULL,
                  applied_at timestamptz NOT NULL DEFAULT now()
-             )",
+             );
+             RESET client_min_messages;",
         )
         .await
         .map_err(fail)?;
