@@ -826,3 +826,50 @@ async fn health_reports_serving_and_reflection_lists_the_service() {
         "{names:?}"
     );
 }
+
+#[tokio::test]
+async fn a_lost_database_gives_retryable_unavailable_and_the_server_recovers() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    let ns = ns();
+    let db = server.db.name.clone();
+    let admin_url = std::env::var("SENTINEL_TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("SENTINEL_DATABASE_URL"))
+        .unwrap();
+    let (admin, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let cut = format!(
+        "ALTER DATABASE {db} ALLOW_CONNECTIONS false;
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = '{db}' AND pid <> pg_backend_pid();"
+    );
+    admin.batch_execute(&cut).await.unwrap();
+    let req = claim_req(&ns, "k");
+    let err = c.claim(req.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert_eq!(reason(&err).as_deref(), Some("DATABASE_UNAVAILABLE"));
+
+    // Heal, and retry the same claim (same claim id) until it goes through: one acquisition.
+    admin.batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    let mut acquired = None;
+    for _ in 0..50 {
+        match c.claim(req.clone()).await {
+            Ok(r) => {
+                acquired = Some(r.into_inner());
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::Unavailable);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    match acquired.expect("server did not recover").outcome.unwrap() {
+        Outcome::Acquired(a) => assert_eq!(a.token, 1),
+        other => panic!("{other:?}"),
+    }
+    let again = acquire(&mut c, req).await;
+    assert_eq!(again.token, 1);
+}
