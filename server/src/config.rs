@@ -84,6 +84,13 @@ pub struct ServerOptions {
     /// Records per sweeper transaction.
     #[arg(long, env = "SENTINEL_SWEEP_BATCH", default_value_t = 1000)]
     pub sweep_batch: i64,
+    /// Address for Prometheus metrics at /metrics (off when unset).
+    #[arg(long, env = "SENTINEL_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// How often the database-wide gauges (live leases, uncertain executions) are refreshed;
+    /// each refresh scans the executions table once. 0s turns them off.
+    #[arg(long, env = "SENTINEL_STATS_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub stats_interval: Duration,
     /// Largest number of requests coalesced into one statement.
     #[arg(long, env = "SENTINEL_MAX_BATCH", default_value_t = 512)]
     pub max_batch: usize,
@@ -99,6 +106,8 @@ impl Default for ServerOptions {
             sweep_interval: Duration::from_secs(1),
             sweep_batch: 1000,
             max_batch: 512,
+            metrics_listen: None,
+            stats_interval: Duration::from_secs(15),
             limits: Limits::default(),
         }
     }

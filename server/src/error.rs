@@ -35,4 +35,23 @@ pub enum Error {
     ShuttingDown,
 }
 
+impl Error {
+    /// A short label for metrics and spans: the `ErrorInfo` reason or the status kind.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Rejected(Rejection::Fenced { .. }) => "FENCED",
+            Error::Rejected(Rejection::FingerprintMismatch) => "FINGERPRINT_MISMATCH",
+            Error::Rejected(Rejection::AlreadyResolved { .. }) => "ALREADY_RESOLVED",
+            Error::Rejected(Rejection::NotReconcilable { .. }) => "NOT_RECONCILABLE",
+            Error::Rejected(Rejection::NotFound) => "NOT_FOUND",
+            Error::Invalid(_) => "INVALID_ARGUMENT",
+            Error::TooLarge(_) => "RESOURCE_EXHAUSTED",
+            Error::DatabaseUnavailable(_) => "DATABASE_UNAVAILABLE",
+            Error::CommitUnknown(_) => "COMMIT_UNKNOWN",
+            Error::Internal(_) => "INTERNAL",
+            Error::ShuttingDown => "SHUTTING_DOWN",
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -5,11 +5,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use sentinel_server::config::{ServerConfig, ServerOptions};
 use sentinel_server::dev::{default_data_dir, DevPostgres};
-use sentinel_server::server;
+use sentinel_server::server::{self, Ready};
 use sentinel_server::store::Store;
+use sentinel_server::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -26,14 +27,15 @@ struct Cli {
         default_value = "text"
     )]
     log_format: LogFormat,
+    /// OTLP/gRPC endpoint for traces, e.g. http://otel-collector:4317. The standard
+    /// OTEL_EXPORTER_OTLP_ENDPOINT works too; tracing is off when neither is set.
+    #[arg(long, global = true)]
+    otlp_endpoint: Option<String>,
+    /// Put keys in spans as they are, instead of a hash (keys are user data).
+    #[arg(long, global = true, env = "SENTINEL_TRACE_RAW_KEYS")]
+    trace_raw_keys: bool,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -68,29 +70,26 @@ enum Command {
     },
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-/// The line scripts and tests wait for; printed once requests can be served.
-fn announce(addr: SocketAddr) {
+/// The lines scripts and tests wait for; printed once requests can be served.
+fn announce(ready: Ready) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "sentinel listening on {addr}");
+    let _ = writeln!(out, "sentinel listening on {}", ready.grpc);
+    if let Some(m) = ready.metrics {
+        let _ = writeln!(out, "sentinel metrics on http://{m}/metrics");
+    }
     let _ = out.flush();
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let _guard = match telemetry::init(cli.log_format, cli.otlp_endpoint, cli.trace_raw_keys) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("sentinel: error: cannot set up telemetry: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -139,9 +138,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 database_url: pg.url.clone(),
                 options,
             };
-            let served = server::run(config, listener, server::shutdown_signal(), |addr| {
-                announce(addr);
-                eprintln!("sentinel dev: try `grpcurl -plaintext {addr} list`; Ctrl-C stops Sentinel and PostgreSQL");
+            let served = server::run(config, listener, server::shutdown_signal(), |ready| {
+                announce(ready);
+                eprintln!(
+                    "sentinel dev: try `grpcurl -plaintext {} list`; Ctrl-C stops Sentinel and PostgreSQL",
+                    ready.grpc
+                );
             })
             .await;
             let stopped = pg.stop().await;

@@ -19,6 +19,7 @@ use tonic_health::ServingStatus;
 use crate::api::SentinelApi;
 use crate::config::ServerConfig;
 use crate::store::Store;
+use crate::telemetry::{self, metrics, metrics::METRICS};
 
 /// The name under which health reports the service.
 pub const SERVICE_NAME: &str = "sentinel.v1.SentinelService";
@@ -30,15 +31,29 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     })
 }
 
+/// Where a started server listens.
+#[derive(Clone, Copy, Debug)]
+pub struct Ready {
+    pub grpc: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+}
+
 /// Connects, migrates, then serves on `listener` until `shutdown` resolves. `ready` is
-/// called with the bound address once requests can be served.
+/// called with the bound addresses once requests can be served.
 pub async fn run(
     config: ServerConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    ready: impl FnOnce(SocketAddr),
+    ready: impl FnOnce(Ready),
 ) -> anyhow::Result<()> {
     let options = config.options.clone();
+    let metrics_listener =
+        match options.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot serve metrics on {addr} (set --metrics-listen)")
+            })?),
+            None => None,
+        };
     let store = Store::connect(&config.database_url, options.pool_size)?;
     let applied = store
         .migrate()
@@ -80,7 +95,9 @@ pub async fn run(
                 }
                 match store.sweep(batch, 10).await {
                     Ok(s) if s.expired > 0 || s.deleted > 0 => {
-                        tracing::info!(expired = s.expired, deleted = s.deleted, "sweep")
+                        METRICS.sweeper_expired.inc_by(s.expired);
+                        METRICS.sweeper_deleted.inc_by(s.deleted);
+                        tracing::debug!(expired = s.expired, deleted = s.deleted, "sweep")
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "sweep failed"),
@@ -95,10 +112,71 @@ pub async fn run(
             loop {
                 tokio::select! {
                     _ = stop.changed() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(10)) => leases.prune(),
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                        leases.prune();
+                        METRICS.heartbeat_leases.set(leases.len() as i64);
+                    }
                 }
             }
         })
+    };
+    let stats = {
+        let store = store.clone();
+        let mut stop = shutdown_rx.clone();
+        let interval = options.stats_interval;
+        let pool_max = options.pool_size as i64;
+        tokio::spawn(async move {
+            let mut next_stats = tokio::time::Instant::now();
+            loop {
+                let (size, available) = store.pool_status();
+                METRICS.pool.with_label_values(&["size"]).set(size as i64);
+                METRICS
+                    .pool
+                    .with_label_values(&["available"])
+                    .set(available as i64);
+                METRICS.pool.with_label_values(&["max"]).set(pool_max);
+                if !interval.is_zero() && tokio::time::Instant::now() >= next_stats {
+                    next_stats = tokio::time::Instant::now() + interval;
+                    match store.stats().await {
+                        Ok(rows) => {
+                            METRICS.live_leases.reset();
+                            METRICS.uncertain.reset();
+                            for (ns, live, uncertain) in rows {
+                                METRICS
+                                    .live_leases
+                                    .with_label_values(&[ns.as_str()])
+                                    .set(live);
+                                METRICS
+                                    .uncertain
+                                    .with_label_values(&[ns.as_str()])
+                                    .set(uncertain);
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "refreshing database gauges failed"),
+                    }
+                }
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        })
+    };
+    let metrics_addr = match metrics_listener {
+        Some(l) => {
+            let addr = l.local_addr()?;
+            let mut stop = shutdown_rx.clone();
+            tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop.changed().await;
+                };
+                if let Err(e) = metrics::serve(l, stopped).await {
+                    tracing::error!(error = %e, "metrics endpoint failed");
+                }
+            });
+            Some(addr)
+        }
+        None => None,
     };
 
     let max_message = options.limits.max_response_bytes + 64 * 1024;
@@ -124,6 +202,7 @@ pub async fn run(
         }
     };
     let serve = tonic::transport::Server::builder()
+        .trace_fn(telemetry::rpc_span)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -133,8 +212,11 @@ pub async fn run(
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain_signal);
 
-    ready(addr);
-    tracing::info!(%addr, "serving");
+    ready(Ready {
+        grpc: addr,
+        metrics: metrics_addr,
+    });
+    tracing::info!(%addr, metrics = ?metrics_addr, "serving");
 
     // The drain is bounded: once shutdown begins, in-flight requests get `drain_timeout`.
     let drain_timeout = options.drain_timeout;
@@ -155,6 +237,7 @@ pub async fn run(
 
     let _ = sweeper.await;
     let _ = pruner.await;
+    let _ = stats.await;
     for w in workers {
         w.abort();
     }

@@ -836,7 +836,9 @@ async fn a_lost_database_gives_retryable_unavailable_and_the_server_recovers() {
     let admin_url = std::env::var("SENTINEL_TEST_DATABASE_URL")
         .or_else(|_| std::env::var("SENTINEL_DATABASE_URL"))
         .unwrap();
-    let (admin, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await.unwrap();
+    let (admin, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let cut = format!(
         "ALTER DATABASE {db} ALLOW_CONNECTIONS false;
@@ -850,7 +852,8 @@ async fn a_lost_database_gives_retryable_unavailable_and_the_server_recovers() {
     assert_eq!(reason(&err).as_deref(), Some("DATABASE_UNAVAILABLE"));
 
     // Heal, and retry the same claim (same claim id) until it goes through: one acquisition.
-    admin.batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"))
+    admin
+        .batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"))
         .await
         .unwrap();
     let mut acquired = None;

@@ -20,6 +20,7 @@ use super::convert;
 use super::leases::Push;
 use super::Shared;
 use crate::core::{ExecKey, HeartbeatResult, LostReason, Token};
+use crate::telemetry::metrics::METRICS;
 
 /// Requests in flight per stream before the task stops reading (back-pressure).
 const MAX_IN_FLIGHT: usize = 4096;
@@ -55,6 +56,7 @@ pub fn serve(shared: Arc<Shared>, mut inbound: Streaming<pb::HeartbeatRequest>) 
     let stream = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
     let mut shutdown = shared.shutdown.clone();
     tokio::spawn(async move {
+        METRICS.heartbeat_streams.inc();
         let mut pending = FuturesOrdered::new();
         let mut inbound_open = true;
         loop {
@@ -93,6 +95,7 @@ pub fn serve(shared: Arc<Shared>, mut inbound: Streaming<pb::HeartbeatRequest>) 
             }
         }
         shared.leases.stream_closed(stream);
+        METRICS.heartbeat_streams.dec();
     });
     ReceiverStream::new(rx)
 }

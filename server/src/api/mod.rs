@@ -24,6 +24,7 @@ use crate::core::{
 };
 use crate::error::{Error, Result};
 use crate::store::{BatchResult, Store};
+use crate::telemetry::{self, metrics::METRICS};
 use leases::LeaseRegistry;
 
 /// State shared by the handlers and the stream tasks.
@@ -40,7 +41,10 @@ pub struct Shared {
 
 impl Shared {
     fn note_lost(&self, reason: LostReason) {
-        tracing::debug!(reason = reason.name(), "lease lost");
+        METRICS
+            .heartbeat_lost
+            .with_label_values(&[reason.name()])
+            .inc();
     }
 }
 
@@ -96,7 +100,12 @@ impl SentinelApi {
                     let leases = leases.clone();
                     async move { spread(reqs.len(), store.claim(&reqs).await, &leases) }
                 },
-                |n| tracing::trace!(batch = n, "claim batch"),
+                |n| {
+                    METRICS
+                        .batch_size
+                        .with_label_values(&["claim"])
+                        .observe(n as f64)
+                },
             )
         };
         handles.extend(h);
@@ -119,7 +128,12 @@ impl SentinelApi {
                         out
                     }
                 },
-                |n| tracing::trace!(batch = n, "complete batch"),
+                |n| {
+                    METRICS
+                        .batch_size
+                        .with_label_values(&["complete"])
+                        .observe(n as f64)
+                },
             )
         };
         handles.extend(h);
@@ -137,7 +151,12 @@ impl SentinelApi {
                         }
                     }
                 },
-                |n| tracing::trace!(batch = n, "heartbeat batch"),
+                |n| {
+                    METRICS
+                        .batch_size
+                        .with_label_values(&["heartbeat"])
+                        .observe(n as f64)
+                },
             )
         };
         handles.extend(h);
@@ -159,15 +178,60 @@ impl SentinelApi {
     }
 }
 
+/// Records the request metrics of one RPC, its outcome on the RPC span, and converts its
+/// error to a status (in `status`, the one place that does so).
+async fn metered<T>(
+    rpc: &'static str,
+    fut: impl std::future::Future<Output = Result<(T, &'static str, Option<u64>)>>,
+) -> Result<Response<T>, Status> {
+    let start = std::time::Instant::now();
+    let result = fut.await;
+    let m = &METRICS;
+    m.request_duration
+        .with_label_values(&[rpc])
+        .observe(start.elapsed().as_secs_f64());
+    match result {
+        Ok((resp, outcome, token)) => {
+            m.requests.with_label_values(&[rpc, outcome]).inc();
+            telemetry::record_outcome(outcome, token);
+            Ok(Response::new(resp))
+        }
+        Err(e) => {
+            m.requests.with_label_values(&[rpc, e.label()]).inc();
+            telemetry::record_outcome(e.label(), None);
+            if matches!(e, Error::Internal(_)) {
+                tracing::error!(rpc, error = %e, "internal error");
+            }
+            Err(e.into())
+        }
+    }
+}
+
+fn claim_label(o: &ClaimOutcome) -> (&'static str, Option<u64>) {
+    match o {
+        ClaimOutcome::Acquired { token, .. } => ("ACQUIRED", Some(*token)),
+        ClaimOutcome::InProgress { .. } => ("IN_PROGRESS", None),
+        ClaimOutcome::Completed { token, .. } => ("COMPLETED", Some(*token)),
+        ClaimOutcome::Failed { token, .. } => ("FAILED", Some(*token)),
+        ClaimOutcome::Uncertain { token, .. } => ("UNCERTAIN", Some(*token)),
+    }
+}
+
 #[tonic::async_trait]
 impl SentinelService for SentinelApi {
     async fn claim(
         &self,
         request: Request<pb::ClaimRequest>,
     ) -> Result<Response<pb::ClaimResponse>, Status> {
-        let req = convert::claim_request(&self.shared.limits, request.into_inner())?;
-        let outcome = self.shared.claims.call(req).await??;
-        Ok(Response::new(convert::claim_response(outcome)))
+        metered("Claim", async {
+            let r = request.into_inner();
+            telemetry::record_key(&r.namespace, &r.key);
+            let req = convert::claim_request(&self.shared.limits, r)?;
+            let outcome = self.shared.claims.call(req).await??;
+            let (label, token) = claim_label(&outcome);
+            Ok((convert::claim_response(outcome), label, token))
+        })
+        .await
     }
 
     type HeartbeatStream = heartbeat::HeartbeatStream;
@@ -176,6 +240,10 @@ impl SentinelService for SentinelApi {
         &self,
         request: Request<Streaming<pb::HeartbeatRequest>>,
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
+        METRICS
+            .requests
+            .with_label_values(&["Heartbeat", "STREAM_OPENED"])
+            .inc();
         Ok(Response::new(heartbeat::serve(
             self.shared.clone(),
             request.into_inner(),
@@ -186,55 +254,80 @@ impl SentinelService for SentinelApi {
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::CompleteResponse>, Status> {
-        let req = convert::complete_request(&self.shared.limits, request.into_inner())?;
-        let result = self.shared.completes.call(req).await??;
-        Ok(Response::new(convert::complete_response(result)))
+        metered("Complete", async {
+            let r = request.into_inner();
+            telemetry::record_key(&r.namespace, &r.key);
+            let req = convert::complete_request(&self.shared.limits, r)?;
+            let result = self.shared.completes.call(req).await??;
+            let label = result.state.name();
+            let token = result.token;
+            Ok((convert::complete_response(result), label, Some(token)))
+        })
+        .await
     }
 
     async fn reconcile(
         &self,
         request: Request<pb::ReconcileRequest>,
     ) -> Result<Response<pb::ReconcileResponse>, Status> {
-        let req = convert::reconcile_request(&self.shared.limits, request.into_inner())?;
-        let mut out = spread(
-            1,
-            self.shared.store.reconcile(&req).await,
-            &self.shared.leases,
-        );
-        let result = out.pop().expect("one result")?;
-        Ok(Response::new(convert::reconcile_response(result)))
+        metered("Reconcile", async {
+            let r = request.into_inner();
+            telemetry::record_key(&r.namespace, &r.key);
+            let req = convert::reconcile_request(&self.shared.limits, r)?;
+            let mut out = spread(
+                1,
+                self.shared.store.reconcile(&req).await,
+                &self.shared.leases,
+            );
+            let result = out.pop().expect("one result")?;
+            let (label, token) = (result.state.name(), result.token);
+            Ok((convert::reconcile_response(result), label, Some(token)))
+        })
+        .await
     }
 
     async fn inspect(
         &self,
         request: Request<pb::InspectRequest>,
     ) -> Result<Response<pb::InspectResponse>, Status> {
-        let (key, limit) = convert::inspect_request(&self.shared.limits, request.get_ref())?;
-        let (view, history) = self
-            .shared
-            .store
-            .inspect(&key, limit)
-            .await?
-            .ok_or(Error::Rejected(crate::core::Rejection::NotFound))?;
-        Ok(Response::new(pb::InspectResponse {
-            execution: Some(convert::execution(view)),
-            history: history.into_iter().map(convert::history_event).collect(),
-        }))
+        metered("Inspect", async {
+            let r = request.get_ref();
+            telemetry::record_key(&r.namespace, &r.key);
+            let (key, limit) = convert::inspect_request(&self.shared.limits, r)?;
+            let (view, history) = self
+                .shared
+                .store
+                .inspect(&key, limit)
+                .await?
+                .ok_or(Error::Rejected(crate::core::Rejection::NotFound))?;
+            let resp = pb::InspectResponse {
+                execution: Some(convert::execution(view)),
+                history: history.into_iter().map(convert::history_event).collect(),
+            };
+            Ok((resp, "OK", None))
+        })
+        .await
     }
 
     async fn list_executions(
         &self,
         request: Request<pb::ListExecutionsRequest>,
     ) -> Result<Response<pb::ListExecutionsResponse>, Status> {
-        let req = convert::list_request(&self.shared.limits, request.get_ref())?;
-        let page = self.shared.store.list(&req).await?;
-        let next_page_token = match page.last() {
-            Some(last) if page.len() as u32 == req.page_size => convert::page_token(&last.key.key),
-            _ => String::new(),
-        };
-        Ok(Response::new(pb::ListExecutionsResponse {
-            executions: page.into_iter().map(convert::execution).collect(),
-            next_page_token,
-        }))
+        metered("ListExecutions", async {
+            let req = convert::list_request(&self.shared.limits, request.get_ref())?;
+            let page = self.shared.store.list(&req).await?;
+            let next_page_token = match page.last() {
+                Some(last) if page.len() as u32 == req.page_size => {
+                    convert::page_token(&last.key.key)
+                }
+                _ => String::new(),
+            };
+            let resp = pb::ListExecutionsResponse {
+                executions: page.into_iter().map(convert::execution).collect(),
+                next_page_token,
+            };
+            Ok((resp, "OK", None))
+        })
+        .await
     }
 }

@@ -30,6 +30,7 @@ use crate::core::{
     ReconcileRequest, ReconcileResult, Rejection, Timestamp, Token,
 };
 use crate::error::{Error, Result};
+use crate::telemetry::metrics::timed;
 pub use migrate::{migrate, MIGRATIONS};
 use rows::{history_from_row, record_from_row, token_param, EventColumns, RecordColumns};
 
@@ -121,7 +122,12 @@ impl Store {
 
     /// Claims a batch.
     pub async fn claim(&self, reqs: &[ClaimRequest]) -> Result<BatchResult<ClaimOutcome>> {
-        retry_conflicts(|| self.claim_once(reqs)).await
+        timed(
+            "claim",
+            reqs.len(),
+            retry_conflicts(|| self.claim_once(reqs)),
+        )
+        .await
     }
 
     async fn claim_once(&self, reqs: &[ClaimRequest]) -> Result<BatchResult<ClaimOutcome>> {
@@ -206,7 +212,12 @@ impl Store {
 
     /// Completes a batch.
     pub async fn complete(&self, reqs: &[CompleteRequest]) -> Result<BatchResult<CompleteResult>> {
-        retry_conflicts(|| self.complete_once(reqs)).await
+        timed(
+            "complete",
+            reqs.len(),
+            retry_conflicts(|| self.complete_once(reqs)),
+        )
+        .await
     }
 
     async fn complete_once(&self, reqs: &[CompleteRequest]) -> Result<BatchResult<CompleteResult>> {
@@ -250,7 +261,7 @@ impl Store {
 
     /// Reconciles one execution.
     pub async fn reconcile(&self, req: &ReconcileRequest) -> Result<BatchResult<ReconcileResult>> {
-        retry_conflicts(|| self.reconcile_once(req)).await
+        timed("reconcile", 1, retry_conflicts(|| self.reconcile_once(req))).await
     }
 
     async fn reconcile_once(&self, req: &ReconcileRequest) -> Result<BatchResult<ReconcileResult>> {
@@ -282,7 +293,12 @@ impl Store {
 
     /// Renews a batch of leases in one statement.
     pub async fn heartbeat(&self, reqs: &[HeartbeatRequest]) -> Result<Vec<HeartbeatResult>> {
-        retry_conflicts(|| self.heartbeat_once(reqs)).await
+        timed(
+            "heartbeat",
+            reqs.len(),
+            retry_conflicts(|| self.heartbeat_once(reqs)),
+        )
+        .await
     }
 
     async fn heartbeat_once(&self, reqs: &[HeartbeatRequest]) -> Result<Vec<HeartbeatResult>> {
@@ -345,6 +361,14 @@ impl Store {
         key: &ExecKey,
         history_limit: u32,
     ) -> Result<Option<(ExecutionView, Vec<HistoryEvent>)>> {
+        timed("inspect", 1, self.inspect_inner(key, history_limit)).await
+    }
+
+    async fn inspect_inner(
+        &self,
+        key: &ExecKey,
+        history_limit: u32,
+    ) -> Result<Option<(ExecutionView, Vec<HistoryEvent>)>> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(sql::GET_RECORD)
@@ -392,6 +416,10 @@ impl Store {
 
     /// One page of a namespace, ordered by key.
     pub async fn list(&self, req: &ListRequest) -> Result<Vec<ExecutionView>> {
+        timed("list", 1, self.list_inner(req)).await
+    }
+
+    async fn list_inner(&self, req: &ListRequest) -> Result<Vec<ExecutionView>> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(sql::LIST_RECORDS)
@@ -429,6 +457,22 @@ impl Store {
     /// at most `batch` of each per transaction and `max_batches` transactions. Only one
     /// replica sweeps at a time (a transaction-level advisory lock per batch).
     pub async fn sweep(&self, batch: i64, max_batches: usize) -> Result<SweepStats> {
+        timed("sweep", 0, self.sweep_inner(batch, max_batches)).await
+    }
+
+    /// (namespace, live leases, uncertain executions) over the whole database.
+    pub async fn stats(&self) -> Result<Vec<(String, i64, i64)>> {
+        let client = self.client().await?;
+        let rows = timed("stats", 0, client.query(sql::STATS, &[]))
+            .await
+            .map_err(classify)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    async fn sweep_inner(&self, batch: i64, max_batches: usize) -> Result<SweepStats> {
         let mut stats = SweepStats::default();
         let mut client = self.client().await?;
         for _ in 0..max_batches {

@@ -137,6 +137,14 @@ pub const LIST_RECORDS: &str = concat!(
       LIMIT $4"
 );
 
+/// Database-wide gauges, by namespace.
+pub const STATS: &str = "
+    SELECT namespace,
+           count(*) FILTER (WHERE state = 1 AND lease_expires_at > now()),
+           count(*) FILTER (WHERE state = 4 OR (state = 1 AND lease_expires_at <= now()))
+      FROM executions
+     GROUP BY namespace";
+
 /// Only one replica sweeps at a time; the lock is held for one batch transaction.
 pub const SWEEP_LOCK: &str = "SELECT pg_try_advisory_xact_lock(1397050964)";
 

@@ -100,6 +100,7 @@ pub fn test_options() -> ServerOptions {
 /// A server running inside the test process.
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
+    pub metrics: Option<std::net::SocketAddr>,
     pub db: TestDb,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -132,15 +133,16 @@ impl TestServer {
                 async {
                     let _ = stopped.await;
                 },
-                move |_| {
-                    let _ = ready_tx.send(());
+                move |ready| {
+                    let _ = ready_tx.send(ready);
                 },
             )
             .await
         });
-        ready_rx.await.expect("server failed to start");
+        let ready = ready_rx.await.expect("server failed to start");
         TestServer {
             addr,
+            metrics: ready.metrics,
             db,
             stop: Some(stop),
             task: Some(task),
@@ -185,11 +187,21 @@ pub async fn connect(addr: std::net::SocketAddr) -> Client {
 /// A `sentinel serve` process.
 pub struct ServerProcess {
     pub addr: std::net::SocketAddr,
+    /// The metrics URL, when started with `--metrics-listen`.
+    pub metrics_url: Option<String>,
     child: tokio::process::Child,
 }
 
 impl ServerProcess {
     pub async fn start(database_url: &str) -> ServerProcess {
+        Self::start_with(database_url, &[], &[]).await
+    }
+
+    pub async fn start_with(
+        database_url: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServerProcess {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sentinel"))
             .args([
                 "serve",
@@ -199,6 +211,8 @@ impl ServerProcess {
                 database_url,
             ])
             .args(["--sweep-interval", "200ms", "--pool-size", "4"])
+            .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -216,7 +230,23 @@ impl ServerProcess {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .parse()
             .unwrap();
-        ServerProcess { addr, child }
+        let metrics_url = if args.contains(&"--metrics-listen") {
+            let line = lines.next_line().await.unwrap().expect("metrics line");
+            Some(
+                line.strip_prefix("sentinel metrics on ")
+                    .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+                    .to_owned(),
+            )
+        } else {
+            None
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        ServerProcess {
+            addr,
+            metrics_url,
+            child,
+        }
     }
 
     pub async fn client(&self) -> Client {
