@@ -72,6 +72,12 @@ impl Store {
         if config.get_application_name().is_none() {
             config.application_name("sentinel");
         }
+        if negative_control("async-commit") {
+            tracing::error!(
+                "NEGATIVE CONTROL async-commit: commits are acknowledged before they are durable"
+            );
+            config.options("-c synchronous_commit=off");
+        }
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -231,7 +237,17 @@ impl Store {
             let (now, records) = lock_records(&tx, round.iter().map(|&i| &reqs[i].key)).await?;
             let mut updates = RecordColumns::default();
             for &i in &round {
-                let req = &reqs[i];
+                let mut req = &reqs[i];
+                let unfenced;
+                if negative_control("skip-complete-fence") {
+                    if let Some(rec) = records.get(&req.key) {
+                        unfenced = CompleteRequest {
+                            token: rec.token,
+                            ..req.clone()
+                        };
+                        req = &unfenced;
+                    }
+                }
                 items[i] = Some(
                     match core::decide_complete(req, records.get(&req.key), now) {
                         Ok((result, write)) => {
@@ -657,4 +673,17 @@ fn classify(e: tokio_postgres::Error) -> Error {
             }
         }
     }
+}
+
+/// Test-only deliberate defects for the fault-injection checker's negative controls
+/// (`tests/faults`). Compiled only with the `negative-controls` feature.
+#[cfg(feature = "negative-controls")]
+fn negative_control(name: &str) -> bool {
+    std::env::var("SENTINEL_NEGATIVE_CONTROL").is_ok_and(|v| v == name)
+}
+
+#[cfg(not(feature = "negative-controls"))]
+#[inline(always)]
+fn negative_control(_name: &str) -> bool {
+    false
 }
