@@ -168,44 +168,49 @@ impl Store {
                     ClaimDecision::Reject(r) => items[i] = Some(Err(r)),
                 }
             }
-            if !creates.is_empty() {
-                let mut cols = RecordColumns::default();
-                for (i, record, _) in &creates {
-                    cols.push(&reqs[*i].key, record, 0);
+            // The writes of a round are independent statements: send them in one pipeline.
+            let mut cols = RecordColumns::default();
+            for (i, record, _) in &creates {
+                cols.push(&reqs[*i].key, record, 0);
+            }
+            let inserted = async {
+                if cols.is_empty() {
+                    return Ok(Vec::new());
                 }
                 let stmt = tx
                     .prepare_cached(sql::INSERT_RECORDS)
                     .await
                     .map_err(classify)?;
-                let rows = tx.query(&stmt, &cols.params()).await.map_err(classify)?;
-                let mut tokens = HashMap::with_capacity(rows.len());
-                for row in rows {
-                    let ns: String = row.get(0);
-                    let key: String = row.get(1);
-                    let token: i64 = row.get(2);
-                    tokens.insert((ns, key), token as u64);
-                }
-                for (i, mut record, mut event) in creates {
-                    let k = &reqs[i].key;
-                    match tokens.get(&(k.namespace.as_str().to_owned(), k.key.as_str().to_owned()))
-                    {
-                        Some(&token) => {
-                            record.token = token;
-                            event.token = token;
-                            events.push(&event);
-                            items[i] = Some(Ok(core::acquired_outcome(&record, now)));
-                        }
-                        // Another transaction created it first: decide again next round,
-                        // against the record it committed.
-                        None => rest.push(i),
+                tx.query(&stmt, &cols.params()).await.map_err(classify)
+            };
+            let (rows, (), ()) = futures::try_join!(
+                inserted,
+                write_updates(&tx, &updates),
+                insert_events(&tx, &events)
+            )?;
+            events = EventColumns::default();
+            let mut tokens = HashMap::with_capacity(rows.len());
+            for row in rows {
+                let ns: String = row.get(0);
+                let key: String = row.get(1);
+                let token: i64 = row.get(2);
+                tokens.insert((ns, key), token as u64);
+            }
+            for (i, mut record, _) in creates {
+                let k = &reqs[i].key;
+                match tokens.get(&(k.namespace.as_str().to_owned(), k.key.as_str().to_owned())) {
+                    Some(&token) => {
+                        record.token = token;
+                        items[i] = Some(Ok(core::acquired_outcome(&record, now)));
                     }
+                    // Another transaction created it first: decide again next round,
+                    // against the record it committed.
+                    None => rest.push(i),
                 }
             }
-            write_updates(&tx, &updates).await?;
             rest.sort_unstable();
             pending = rest;
         }
-        insert_events(&tx, &events).await?;
         commit(tx).await?;
         Ok(BatchResult {
             items: items
@@ -261,10 +266,10 @@ impl Store {
                     },
                 );
             }
-            write_updates(&tx, &updates).await?;
+            futures::try_join!(write_updates(&tx, &updates), insert_events(&tx, &events))?;
+            events = EventColumns::default();
             pending = rest;
         }
-        insert_events(&tx, &events).await?;
         commit(tx).await?;
         Ok(BatchResult {
             items: items
@@ -545,17 +550,23 @@ async fn lock_records<'a>(
         .prepare_cached(sql::LOCK_RECORDS)
         .await
         .map_err(classify)?;
-    let rows = tx
-        .query(&stmt, &[&namespaces, &keys])
-        .await
-        .map_err(classify)?;
+    let clock = tx.prepare_cached(sql::CLOCK).await.map_err(classify)?;
+    // Pipelined: the server runs the clock query after the locking query has finished, so
+    // the clock is read with every lock held, at no extra round trip.
+    let (rows, clock_row) = futures::try_join!(
+        async {
+            tx.query(&stmt, &[&namespaces, &keys])
+                .await
+                .map_err(classify)
+        },
+        async { tx.query_one(&clock, &[]).await.map_err(classify) }
+    )?;
+    let now: Timestamp = clock_row.get(0);
     let mut records = HashMap::with_capacity(rows.len());
     for row in &rows {
         let (key, record) = record_from_row(row, 0)?;
         records.insert(key, record);
     }
-    let clock = tx.prepare_cached(sql::CLOCK).await.map_err(classify)?;
-    let now: Timestamp = tx.query_one(&clock, &[]).await.map_err(classify)?.get(0);
     Ok((now, records))
 }
 

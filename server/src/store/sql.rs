@@ -32,8 +32,10 @@ pub const CLOCK: &str = "SELECT clock_timestamp()";
 /// before retention deleted it (`token_floors`). The floor is read by this statement, which
 /// starts after the batch's row locks were taken, so it sees any deletion that raced with it.
 /// Rows that another transaction inserted first are skipped and retried by the caller.
+/// The first history event of each new record is written by the same statement, since only
+/// it knows the token.
 pub const INSERT_RECORDS: &str = concat!(
-    "INSERT INTO executions (",
+    "WITH ins AS (INSERT INTO executions (",
     record_columns!(),
     ")
      SELECT u.namespace, u.key, u.state, coalesce(f.floor, 0) + 1, u.attempt, u.fingerprint,
@@ -50,7 +52,12 @@ pub const INSERT_RECORDS: &str = concat!(
        LEFT JOIN token_floors f ON f.bucket = sentinel_token_bucket(u.namespace, u.key)
       ORDER BY u.namespace, u.key
      ON CONFLICT (namespace, key) DO NOTHING
-     RETURNING namespace, key, token"
+     RETURNING namespace, key, token, holder
+     ), ev AS (
+        INSERT INTO execution_events (namespace, key, token, from_state, to_state, reason, actor, note)
+        SELECT namespace, key, token, 0, 1, 'claim', holder, '' FROM ins
+     )
+     SELECT namespace, key, token FROM ins"
 );
 
 /// Writes changed records, fenced: a row is written only if it still has the token it had
