@@ -13,7 +13,10 @@ wanted=${SUITES:-lint gen rust go python ts deploy}
 suite_lint() {
   cargo fmt --all --check &&
     cargo clippy --quiet --workspace --all-targets -- -D warnings &&
-    (cd proto && "$buf" lint)
+    "$buf" lint proto &&
+    # The wire contract of the last release: proto/releases/<version>.binpb, made with
+    # `buf build proto -o proto/releases/<version>.binpb` when a release is cut.
+    "$buf" breaking proto --against "$(ls "$root"/proto/releases/*.binpb | sort -V | tail -1)"
 }
 
 # Regenerates every language and fails if the committed code differs.

@@ -332,7 +332,7 @@ type ClaimRequest struct {
 	LeaseTtl *durationpb.Duration `protobuf:"bytes,3,opt,name=lease_ttl,json=leaseTtl,proto3" json:"lease_ttl,omitempty"`
 	// hard_ttl caps the whole execution from the claim; heartbeats never extend past it (default 1 h, at least lease_ttl).
 	HardTtl *durationpb.Duration `protobuf:"bytes,4,opt,name=hard_ttl,json=hardTtl,proto3" json:"hard_ttl,omitempty"`
-	// fingerprint optionally identifies the request payload (e.g. a hash); a different one for the same key is rejected.
+	// fingerprint optionally identifies the request payload (e.g. a hash); once stored, a claim with another one (or none) is rejected.
 	Fingerprint []byte `protobuf:"bytes,5,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
 	// holder names the worker for operators and for other callers (up to 256 bytes).
 	Holder string `protobuf:"bytes,6,opt,name=holder,proto3" json:"holder,omitempty"`
@@ -951,7 +951,7 @@ func (x *ClaimUncertain) GetSince() *timestamppb.Timestamp {
 	return nil
 }
 
-// HeartbeatRequest renews one lease; many leases share one stream.
+// HeartbeatRequest renews one lease; many leases share one stream. An invalid request is answered LOST NOT_FOUND.
 type HeartbeatRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// namespace of the execution whose lease is renewed.
@@ -1015,7 +1015,8 @@ func (x *HeartbeatRequest) GetToken() uint64 {
 	return 0
 }
 
-// HeartbeatResponse answers one heartbeat, or pushes a LOST the server learned of.
+// HeartbeatResponse answers one heartbeat, or pushes a LOST the server learned of. When the database cannot
+// answer, no reply is sent: the lease is neither renewed nor lost, and the client's local deadline decides.
 type HeartbeatResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// namespace of the execution this reply is about.

@@ -193,7 +193,7 @@ class ClaimRequest(_message.Message):
     key: _builtins.str
     """key identifies the operation within the namespace: 1..512 bytes of UTF-8 without control characters."""
     fingerprint: _builtins.bytes
-    """fingerprint optionally identifies the request payload (e.g. a hash); a different one for the same key is rejected."""
+    """fingerprint optionally identifies the request payload (e.g. a hash); once stored, a claim with another one (or none) is rejected."""
     holder: _builtins.str
     """holder names the worker for operators and for other callers (up to 256 bytes)."""
     claim_id: _builtins.str
@@ -475,7 +475,7 @@ Global___ClaimUncertain: _TypeAlias = ClaimUncertain  # noqa: Y015
 
 @_typing.final
 class HeartbeatRequest(_message.Message):
-    """HeartbeatRequest renews one lease; many leases share one stream."""
+    """HeartbeatRequest renews one lease; many leases share one stream. An invalid request is answered LOST NOT_FOUND."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -505,7 +505,9 @@ Global___HeartbeatRequest: _TypeAlias = HeartbeatRequest  # noqa: Y015
 
 @_typing.final
 class HeartbeatResponse(_message.Message):
-    """HeartbeatResponse answers one heartbeat, or pushes a LOST the server learned of."""
+    """HeartbeatResponse answers one heartbeat, or pushes a LOST the server learned of. When the database cannot
+    answer, no reply is sent: the lease is neither renewed nor lost, and the client's local deadline decides.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -54,7 +54,7 @@ export type ClaimRequest = Message<"sentinel.v1.ClaimRequest"> & {
   hardTtl?: Duration | undefined;
 
   /**
-   * fingerprint optionally identifies the request payload (e.g. a hash); a different one for the same key is rejected.
+   * fingerprint optionally identifies the request payload (e.g. a hash); once stored, a claim with another one (or none) is rejected.
    *
    * @generated from field: bytes fingerprint = 5;
    */
@@ -375,7 +375,7 @@ export const ClaimUncertainSchema: GenMessage<ClaimUncertain> = /*@__PURE__*/
   messageDesc(file_sentinel_v1_sentinel, 6);
 
 /**
- * HeartbeatRequest renews one lease; many leases share one stream.
+ * HeartbeatRequest renews one lease; many leases share one stream. An invalid request is answered LOST NOT_FOUND.
  *
  * @generated from message sentinel.v1.HeartbeatRequest
  */
@@ -410,7 +410,8 @@ export const HeartbeatRequestSchema: GenMessage<HeartbeatRequest> = /*@__PURE__*
   messageDesc(file_sentinel_v1_sentinel, 7);
 
 /**
- * HeartbeatResponse answers one heartbeat, or pushes a LOST the server learned of.
+ * HeartbeatResponse answers one heartbeat, or pushes a LOST the server learned of. When the database cannot
+ * answer, no reply is sent: the lease is neither renewed nor lost, and the client's local deadline decides.
  *
  * @generated from message sentinel.v1.HeartbeatResponse
  */
