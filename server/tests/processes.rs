@@ -134,3 +134,49 @@ async fn shutdown_reports_not_serving_ends_heartbeat_streams_and_exits_cleanly()
         "stream still open: {end:?}"
     );
 }
+
+async fn migrate(url: &str) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_sentinel"))
+        .args(["migrate", "--database-url", url])
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn migrate_applies_every_version_once_and_refuses_a_newer_schema() {
+    let db = TestDb::new().await;
+    let first = migrate(&db.url).await;
+    assert!(first.status.success(), "{first:?}");
+    let out = String::from_utf8_lossy(&first.stdout);
+    let expected = sentinel_server::store::MIGRATIONS.len();
+    assert!(
+        out.contains(&format!("{expected} migration(s) applied")),
+        "{out}"
+    );
+    let again = migrate(&db.url).await;
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("0 migration(s) applied"));
+
+    let c = db.connect().await;
+    let versions: Vec<i32> = c
+        .query(
+            "SELECT version FROM sentinel_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, (1..=expected as i32).collect::<Vec<_>>());
+    c.execute(
+        "INSERT INTO sentinel_migrations (version, name) VALUES (9999, 'from the future')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let refused = migrate(&db.url).await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("newer than this binary"));
+}

@@ -4,8 +4,14 @@
 use crate::error::{Error, Result};
 
 /// (version, name, SQL), in order. Never edit a released migration: add a new one.
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "init", include_str!("migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("migrations/0001_init.sql")),
+    (
+        2,
+        "hot_updates",
+        include_str!("migrations/0002_hot_updates.sql"),
+    ),
+];
 
 const MIGRATION_LOCK: i64 = 1397050963;
 
