@@ -224,8 +224,11 @@ def test_a_stalled_connection_is_replaced_and_the_lease_survives(
         with ThreadPoolExecutor(1) as pool:
             running = pool.submit(client.once, key, job, ttl_ms=8000)
             assert started.wait(30)
-            state["expires_at_freeze"] = direct.reconcile.inspect(key).execution.lease_expires_at
             proxy.freeze_existing()
+            # A heartbeat already past the proxy still commits on the server; let it land
+            # before taking the baseline, so that only a new stream can extend the lease.
+            time.sleep(0.5)
+            state["expires_at_freeze"] = direct.reconcile.inspect(key).execution.lease_expires_at
             frozen.set()
             result = running.result(90)
         assert client._heartbeater.streams_opened >= 2
