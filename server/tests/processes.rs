@@ -180,3 +180,51 @@ async fn migrate_applies_every_version_once_and_refuses_a_newer_schema() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("newer than this binary"));
 }
+
+#[tokio::test]
+async fn dev_mode_starts_its_own_postgres_serves_and_stops_it_cleanly() {
+    let dir = std::env::temp_dir().join(format!(
+        "sentinel-dev-test-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sentinel"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+        .await
+        .expect("dev mode did not start")
+        .unwrap()
+        .expect("dev mode exited");
+    let addr = line
+        .strip_prefix("sentinel listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut c = connect(addr).await;
+    let ns = ns();
+    let a = acquire(&mut c, claim_req(&ns, "k")).await;
+    c.complete(success(&ns, "k", a.token, b"dev"))
+        .await
+        .unwrap();
+    assert!(dir.join("pgdata").join("postmaster.pid").exists());
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("dev mode did not stop")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !dir.join("pgdata").join("postmaster.pid").exists(),
+        "PostgreSQL was not stopped"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
