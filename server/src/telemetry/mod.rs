@@ -60,9 +60,13 @@ fn otlp_endpoint(flag: Option<String>) -> Option<String> {
 /// Installs logging and, when configured, trace export. Call once, inside the runtime.
 pub fn init(format: LogFormat, otlp: Option<String>, raw_keys: bool) -> anyhow::Result<Guard> {
     RAW_KEYS.store(raw_keys, Ordering::Relaxed);
+    // The RPC and store spans are for traces; formatting their fields for the console on
+    // every request costs more than the request itself, so the console leaves them out unless
+    // RUST_LOG asks for them (e.g. RUST_LOG=info,sentinel_server::telemetry=info).
     let filter = || {
-        tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,sentinel_server::telemetry=warn")
+        })
     };
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match format {
