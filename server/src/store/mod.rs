@@ -78,6 +78,12 @@ impl Store {
         // URL are kept.
         let mut options = config.get_options().unwrap_or_default().to_owned();
         options.push_str(" -c plan_cache_mode=force_generic_plan");
+        // Nothing is acknowledged before it is durable, whatever the database's default: a
+        // server configured with synchronous_commit=off would lose acknowledged tokens and
+        // completions in a crash. A URL that sets it explicitly (e.g. remote_apply) wins.
+        if !options.contains("synchronous_commit") {
+            options.push_str(" -c synchronous_commit=on");
+        }
         if negative_control("async-commit") {
             tracing::error!(
                 "NEGATIVE CONTROL async-commit: commits are acknowledged before they are durable"
