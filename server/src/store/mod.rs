@@ -149,13 +149,68 @@ impl Store {
         .await
     }
 
+    /// A claim batch in two phases. First an unlocked read answers every claim that writes
+    /// nothing (a replay, IN_PROGRESS, UNCERTAIN, a rejection): deciding against a committed
+    /// snapshot is the same as running just before whatever commits next, and such claims
+    /// cost no transaction, no lock and no WAL. Then one transaction inserts the new records
+    /// (the insert itself is the lock: a concurrent creator makes it skip the row) and
+    /// decides everything else under row locks, in rounds.
     async fn claim_once(&self, reqs: &[ClaimRequest]) -> Result<BatchResult<ClaimOutcome>> {
+        let mut items: Vec<Option<Result<ClaimOutcome, Rejection>>> = vec![None; reqs.len()];
+        let (now0, seen) = self.read_records(reqs.iter().map(|r| &r.key)).await?;
+        let mut writing: HashSet<&ExecKey> = HashSet::new();
+        let mut precreate = Vec::new();
+        let mut pending = Vec::new();
+        for (i, req) in reqs.iter().enumerate() {
+            // After a write to this key in the batch, later claims of it are decided under
+            // the lock, against that write.
+            if writing.contains(&req.key) {
+                pending.push(i);
+                continue;
+            }
+            match core::decide_claim(req, seen.get(&req.key), now0) {
+                ClaimDecision::Reply(outcome) => items[i] = Some(Ok(outcome)),
+                ClaimDecision::Reject(r) => items[i] = Some(Err(r)),
+                ClaimDecision::Create { record, .. } => {
+                    writing.insert(&req.key);
+                    precreate.push((i, record));
+                }
+                ClaimDecision::Acquire(_) => {
+                    writing.insert(&req.key);
+                    pending.push(i);
+                }
+            }
+        }
+        if precreate.is_empty() && pending.is_empty() {
+            return Ok(BatchResult {
+                items: items
+                    .into_iter()
+                    .map(|r| r.expect("every item decided"))
+                    .collect(),
+                superseded: Vec::new(),
+            });
+        }
+
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(classify)?;
-        let mut items: Vec<Option<Result<ClaimOutcome, Rejection>>> = vec![None; reqs.len()];
         let mut superseded = Vec::new();
         let mut events = EventColumns::default();
-        let mut pending: Vec<usize> = (0..reqs.len()).collect();
+        if !precreate.is_empty() {
+            precreate.sort_by(|a, b| reqs[a.0].key.cmp(&reqs[b.0].key));
+            let tokens =
+                insert_records(&tx, precreate.iter().map(|(i, r)| (&reqs[*i].key, r))).await?;
+            for (i, mut record) in precreate {
+                match tokens.get(&reqs[i].key) {
+                    Some(&token) => {
+                        record.token = token;
+                        items[i] = Some(Ok(core::acquired_outcome(&record, now0)));
+                    }
+                    // Created by someone else since the read: decide under the lock.
+                    None => pending.push(i),
+                }
+            }
+        }
+        pending.sort_unstable();
 
         while !pending.is_empty() {
             let (round, mut rest) = split_round(&pending, |i| &reqs[i].key);
@@ -182,36 +237,14 @@ impl Store {
                 }
             }
             // The writes of a round are independent statements: send them in one pipeline.
-            let mut cols = RecordColumns::default();
-            for (i, record, _) in &creates {
-                cols.push(&reqs[*i].key, record, 0);
-            }
-            let inserted = async {
-                if cols.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let stmt = tx
-                    .prepare_cached(sql::INSERT_RECORDS)
-                    .await
-                    .map_err(classify)?;
-                tx.query(&stmt, &cols.params()).await.map_err(classify)
-            };
-            let (rows, (), ()) = futures::try_join!(
-                inserted,
+            let (tokens, (), ()) = futures::try_join!(
+                insert_records(&tx, creates.iter().map(|(i, r, _)| (&reqs[*i].key, r))),
                 write_updates(&tx, &updates),
                 insert_events(&tx, &events)
             )?;
             events = EventColumns::default();
-            let mut tokens = HashMap::with_capacity(rows.len());
-            for row in rows {
-                let ns: String = row.get(0);
-                let key: String = row.get(1);
-                let token: i64 = row.get(2);
-                tokens.insert((ns, key), token as u64);
-            }
             for (i, mut record, _) in creates {
-                let k = &reqs[i].key;
-                match tokens.get(&(k.namespace.as_str().to_owned(), k.key.as_str().to_owned())) {
+                match tokens.get(&reqs[i].key) {
                     Some(&token) => {
                         record.token = token;
                         items[i] = Some(Ok(core::acquired_outcome(&record, now)));
@@ -232,6 +265,41 @@ impl Store {
                 .collect(),
             superseded,
         })
+    }
+
+    /// Reads the records of a batch and the database clock, without a transaction.
+    async fn read_records<'a>(
+        &self,
+        keys: impl Iterator<Item = &'a ExecKey>,
+    ) -> Result<(Timestamp, HashMap<ExecKey, core::Record>)> {
+        let (namespaces, keys): (Vec<&str>, Vec<&str>) =
+            keys.map(|k| (k.namespace.as_str(), k.key.as_str())).unzip();
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(sql::READ_RECORDS)
+            .await
+            .map_err(classify)?;
+        let clock = client.prepare_cached(sql::CLOCK).await.map_err(classify)?;
+        // The clock is read first, in the same pipeline: decisions then use a time at or
+        // before the snapshot, so a lease seen as expired was expired when the snapshot was
+        // taken (and an expired lease is final), while a lease renewed just after the clock
+        // reading can only look more alive, never expired.
+        let (clock_row, rows) = futures::try_join!(
+            async { client.query_one(&clock, &[]).await.map_err(classify) },
+            async {
+                client
+                    .query(&stmt, &[&namespaces, &keys])
+                    .await
+                    .map_err(classify)
+            }
+        )?;
+        let now: Timestamp = clock_row.get(0);
+        let mut records = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let (key, record) = record_from_row(row, 0)?;
+            records.insert(key, record);
+        }
+        Ok((now, records))
     }
 
     /// Completes a batch.
@@ -581,6 +649,36 @@ async fn lock_records<'a>(
         records.insert(key, record);
     }
     Ok((now, records))
+}
+
+/// Inserts new records (and their first history event); returns the token of each record
+/// inserted. A key that another transaction created first is absent from the result.
+async fn insert_records<'a>(
+    tx: &deadpool_postgres::Transaction<'_>,
+    creates: impl Iterator<Item = (&'a ExecKey, &'a core::Record)>,
+) -> Result<HashMap<ExecKey, Token>> {
+    let mut cols = RecordColumns::default();
+    for (key, record) in creates {
+        cols.push(key, record, 0);
+    }
+    if cols.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let stmt = tx
+        .prepare_cached(sql::INSERT_RECORDS)
+        .await
+        .map_err(classify)?;
+    let rows = tx.query(&stmt, &cols.params()).await.map_err(classify)?;
+    let mut tokens = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let key = ExecKey {
+            namespace: core::Namespace::new_unchecked(row.get::<_, String>(0)),
+            key: Key::new_unchecked(row.get::<_, String>(1)),
+        };
+        let token: i64 = row.get(2);
+        tokens.insert(key, token as u64);
+    }
+    Ok(tokens)
 }
 
 async fn write_updates(
