@@ -73,24 +73,32 @@ impl Store {
             config.application_name("sentinel");
         }
         // Every statement takes arrays of a batch's rows, so a custom plan per call buys
-        // nothing and its planning costs a large share of the database's CPU: use the
-        // generic plan of each prepared statement from the first call. Options given in the
-        // URL are kept.
-        let mut options = config.get_options().unwrap_or_default().to_owned();
-        options.push_str(" -c plan_cache_mode=force_generic_plan");
+        // nothing and its planning costs a large share of the database's CPU: each prepared
+        // statement gets one generic plan. A generic plan made while the table is small must
+        // still be right when it is large, so the planner is kept to the plan that is right
+        // at every size, primary-key lookups in a nested loop over the batch, by ruling out
+        // sequential scans and hash or merge joins where an index path exists.
+        let mut options = String::from(
+            "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off \
+             -c enable_hashjoin=off -c enable_mergejoin=off",
+        );
         // Nothing is acknowledged before it is durable, whatever the database's default: a
         // server configured with synchronous_commit=off would lose acknowledged tokens and
-        // completions in a crash. A URL that sets it explicitly (e.g. remote_apply) wins.
-        if !options.contains("synchronous_commit") {
-            options.push_str(" -c synchronous_commit=on");
-        }
+        // completions in a crash.
+        options.push_str(" -c synchronous_commit=on");
         if negative_control("async-commit") {
             tracing::error!(
                 "NEGATIVE CONTROL async-commit: commits are acknowledged before they are durable"
             );
             options.push_str(" -c synchronous_commit=off");
         }
-        config.options(options.trim_start());
+        // Options in the URL come last, so an operator can override any of these (e.g.
+        // synchronous_commit=remote_apply).
+        if let Some(from_url) = config.get_options() {
+            options.push(' ');
+            options.push_str(from_url);
+        }
+        config.options(&options);
         let manager = Manager::from_config(
             config,
             NoTls,
