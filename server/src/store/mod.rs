@@ -412,15 +412,27 @@ impl Store {
     }
 
     async fn heartbeat_once(&self, reqs: &[HeartbeatRequest]) -> Result<Vec<HeartbeatResult>> {
-        let client = self.client().await?;
-        let mut namespaces = Vec::with_capacity(reqs.len());
-        let mut keys = Vec::with_capacity(reqs.len());
-        let mut tokens = Vec::with_capacity(reqs.len());
-        for r in reqs {
+        // The same lease may be beaten twice in one batch: renew it once, answer both.
+        let mut unique: Vec<&HeartbeatRequest> = Vec::with_capacity(reqs.len());
+        let mut position: HashMap<(&ExecKey, Token), usize> = HashMap::with_capacity(reqs.len());
+        let slots: Vec<usize> = reqs
+            .iter()
+            .map(|r| {
+                *position.entry((&r.key, r.token)).or_insert_with(|| {
+                    unique.push(r);
+                    unique.len() - 1
+                })
+            })
+            .collect();
+        let mut namespaces = Vec::with_capacity(unique.len());
+        let mut keys = Vec::with_capacity(unique.len());
+        let mut tokens = Vec::with_capacity(unique.len());
+        for r in &unique {
             namespaces.push(r.key.namespace.as_str());
             keys.push(r.key.key.as_str());
             tokens.push(token_param(r.token));
         }
+        let client = self.client().await?;
         let stmt = client
             .prepare_cached(sql::HEARTBEAT)
             .await
@@ -429,40 +441,47 @@ impl Store {
             .query(&stmt, &[&namespaces, &keys, &tokens])
             .await
             .map_err(classify)?;
-        if rows.len() != reqs.len() {
-            return Err(Error::Internal(format!(
-                "heartbeat returned {} rows for {} requests",
-                rows.len(),
-                reqs.len()
-            )));
-        }
-        let mut out = Vec::with_capacity(reqs.len());
-        for (req, row) in reqs.iter().zip(rows) {
-            let renewed: Option<Timestamp> = row.try_get(1).map_err(classify)?;
+        drop(client);
+        let mut results: Vec<Option<HeartbeatResult>> = vec![None; unique.len()];
+        for row in rows {
+            let ord: i64 = row.try_get(0).map_err(classify)?;
+            let until: Timestamp = row.try_get(1).map_err(classify)?;
             let now: Timestamp = row.try_get(2).map_err(classify)?;
-            if let Some(until) = renewed {
-                out.push(HeartbeatResult::Alive {
-                    lease_expires_at: until,
-                    ttl_remaining: (until - now).to_std().unwrap_or_default(),
-                });
-                continue;
-            }
-            let present: Option<String> = row.try_get(3).map_err(classify)?;
-            let record = match present {
-                Some(_) => Some(record_from_row(&row, 3)?.1),
-                None => None,
-            };
-            let reason = core::classify_lost(req.token, record.as_ref(), now);
-            let detail = match &record {
-                Some(r) if reason == core::LostReason::Fenced => {
-                    format!("token {} is superseded by token {}", req.token, r.token)
-                }
-                Some(r) => format!("execution is {}", r.effective(now).state.name()),
-                None => "no execution for this namespace and key".to_owned(),
-            };
-            out.push(HeartbeatResult::Lost { reason, detail });
+            let slot = usize::try_from(ord - 1)
+                .ok()
+                .filter(|&s| s < unique.len())
+                .ok_or_else(|| Error::Internal(format!("heartbeat returned position {ord}")))?;
+            results[slot] = Some(HeartbeatResult::Alive {
+                lease_expires_at: until,
+                ttl_remaining: (until - now).to_std().unwrap_or_default(),
+            });
         }
-        Ok(out)
+        // Leases that were not renewed: read their records to say why.
+        let lost: Vec<usize> = (0..unique.len())
+            .filter(|&i| results[i].is_none())
+            .collect();
+        if !lost.is_empty() {
+            let (now, records) = self
+                .read_records(lost.iter().map(|&i| &unique[i].key))
+                .await?;
+            for i in lost {
+                let req = unique[i];
+                let record = records.get(&req.key);
+                let reason = core::classify_lost(req.token, record, now);
+                let detail = match record {
+                    Some(r) if reason == core::LostReason::Fenced => {
+                        format!("token {} is superseded by token {}", req.token, r.token)
+                    }
+                    Some(r) => format!("execution is {}", r.effective(now).state.name()),
+                    None => "no execution for this namespace and key".to_owned(),
+                };
+                results[i] = Some(HeartbeatResult::Lost { reason, detail });
+            }
+        }
+        Ok(slots
+            .into_iter()
+            .map(|s| results[s].clone().expect("every lease answered"))
+            .collect())
     }
 
     /// One record and its newest history events.
@@ -572,10 +591,15 @@ impl Store {
 
     /// (namespace, live leases, uncertain executions) over the whole database.
     pub async fn stats(&self) -> Result<Vec<(String, i64, i64)>> {
-        let client = self.client().await?;
-        let rows = timed("stats", 0, client.query(sql::STATS, &[]))
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(classify)?;
+        tx.batch_execute(sql::FULL_PLANNER)
             .await
             .map_err(classify)?;
+        let rows = timed("stats", 0, tx.query(sql::STATS, &[]))
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
         Ok(rows
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
@@ -587,6 +611,9 @@ impl Store {
         let mut client = self.client().await?;
         for _ in 0..max_batches {
             let tx = client.transaction().await.map_err(classify)?;
+            tx.batch_execute(sql::FULL_PLANNER)
+                .await
+                .map_err(classify)?;
             let locked: bool = tx
                 .query_one(sql::SWEEP_LOCK, &[])
                 .await

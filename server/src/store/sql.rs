@@ -101,32 +101,21 @@ pub const INSERT_EVENTS: &str = "
 /// Renews a batch of leases in one statement, fenced by token and judged by the database
 /// clock: only a RUNNING record with this token and a lease that has not yet expired is
 /// extended, to min(now + lease_ttl, hard deadline). An expired lease is never revived.
-/// For the items it did not renew it returns the record as the statement saw it, so that
-/// the core can say why.
-pub const HEARTBEAT: &str = concat!(
-    "WITH u AS (
-        SELECT * FROM unnest($1::text[], $2::text[], $3::int8[]) WITH ORDINALITY
-                 AS u(namespace, key, token, ord)
-     ), renewed AS (
-        UPDATE executions e
-           SET lease_expires_at = least(clock_timestamp() + e.lease_ttl_ms * interval '1 millisecond',
-                                        e.hard_deadline_at)
-          FROM u
-         WHERE e.namespace = u.namespace AND e.key = u.key AND e.token = u.token
-           AND e.state = 1 AND e.lease_expires_at > clock_timestamp()
-        RETURNING e.namespace, e.key, e.token, e.lease_expires_at
-     )
-     SELECT u.ord, r.lease_expires_at AS renewed_until, clock_timestamp() AS now, ",
-    "e.namespace, e.key, e.state, e.token, e.attempt, e.fingerprint, e.holder, e.claim_id, \
-     e.lease_ttl_ms, e.lease_expires_at, e.hard_deadline_at, e.uncertain_reason, e.response, \
-     e.error, e.retention_ms, e.retention_until, e.created_at, e.updated_at",
-    " FROM u
-       LEFT JOIN renewed r
-              ON r.namespace = u.namespace AND r.key = u.key AND r.token = u.token
-       LEFT JOIN executions e
-              ON r.key IS NULL AND e.namespace = u.namespace AND e.key = u.key
-      ORDER BY u.ord"
-);
+/// Returns the position (`ord`, from 1) of each renewed item; the caller reads the records
+/// of the others to say why. Items must be distinct (namespace, key, token).
+pub const HEARTBEAT: &str = "
+    UPDATE executions e
+       SET lease_expires_at = least(clock_timestamp() + e.lease_ttl_ms * interval '1 millisecond',
+                                    e.hard_deadline_at)
+      FROM unnest($1::text[], $2::text[], $3::int8[]) WITH ORDINALITY AS u(namespace, key, token, ord)
+     WHERE e.namespace = u.namespace AND e.key = u.key AND e.token = u.token
+       AND e.state = 1 AND e.lease_expires_at > clock_timestamp()
+    RETURNING u.ord, e.lease_expires_at, clock_timestamp()";
+
+/// Background statements scan the whole table: they get the planner's full choice back for
+/// their transaction (the pool's sessions rule out sequential scans; see `Store::connect`).
+pub const FULL_PLANNER: &str =
+    "SET LOCAL enable_seqscan = on; SET LOCAL enable_hashjoin = on; SET LOCAL enable_mergejoin = on";
 
 /// One record, without locking.
 pub const GET_RECORD: &str = concat!(
