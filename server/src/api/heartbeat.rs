@@ -132,6 +132,8 @@ async fn answer(
                 ttl_remaining: Some(convert::duration_to_pb(ttl_remaining)),
             })
         }
+        // Busy: no answer, like a database error; the next heartbeat tries again.
+        Ok(Ok(HeartbeatResult::NotRenewed)) => return None,
         Ok(Ok(HeartbeatResult::Lost { reason, detail })) => {
             shared.leases.forget(&hb.key, hb.token, stream);
             shared.note_lost(reason);

@@ -3,11 +3,16 @@
 
 use super::model::*;
 
-/// Why a heartbeat for `token` could not extend the lease of `current` at `now`.
-///
-/// Called only when the fenced update touched no row. If the snapshot still looks live the
-/// row changed under the update (a concurrent takeover or reconcile), which is a fence.
-pub fn classify_lost(token: Token, current: Option<&Record>, now: Timestamp) -> LostReason {
+/// Why a heartbeat for `token` could not extend the lease of `current` at `now`, read after
+/// the fenced update touched no row. `None` when the lease is still live under this token:
+/// the row was busy (locked by another transaction), so the lease was neither renewed nor
+/// lost, and no answer is the truthful one.
+pub fn classify_lost(token: Token, current: Option<&Record>, now: Timestamp) -> Option<LostReason> {
+    let reason = classify(token, current, now);
+    (reason != LostReason::Fenced || current.is_none_or(|r| r.token != token)).then_some(reason)
+}
+
+fn classify(token: Token, current: Option<&Record>, now: Timestamp) -> LostReason {
     let Some(rec) = current else {
         return LostReason::NotFound;
     };
@@ -39,6 +44,7 @@ mod tests {
     #[test]
     fn reasons() {
         let now = t0();
+        let classify_lost = |t, r, n| classify_lost(t, r, n).expect("a reason");
         assert_eq!(classify_lost(1, None, now), LostReason::NotFound);
         let rec = running(5, now - secs(100), 30);
         assert_eq!(classify_lost(4, Some(&rec), now), LostReason::Fenced);
@@ -53,5 +59,16 @@ mod tests {
         let mut done = running(5, now, 30);
         done.state = State::Completed;
         assert_eq!(classify_lost(5, Some(&done), now), LostReason::Resolved);
+    }
+
+    #[test]
+    fn a_live_lease_that_was_not_renewed_gets_no_answer() {
+        let now = t0();
+        let live = running(5, now, 30);
+        assert_eq!(super::classify_lost(5, Some(&live), now), None);
+        assert_eq!(
+            super::classify_lost(4, Some(&live), now),
+            Some(LostReason::Fenced)
+        );
     }
 }

@@ -369,6 +369,9 @@ pub enum HeartbeatResult {
         reason: LostReason,
         detail: String,
     },
+    /// Neither renewed nor lost (the record was busy): the lease keeps its expiry, and the
+    /// holder's next heartbeat tries again.
+    NotRenewed,
 }
 
 #[derive(Clone, Debug, PartialEq)]

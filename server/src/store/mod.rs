@@ -72,6 +72,10 @@ impl Store {
         if config.get_application_name().is_none() {
             config.application_name("sentinel");
         }
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5));
         // Every statement takes arrays of a batch's rows, so a custom plan per call buys
         // nothing and its planning costs a large share of the database's CPU: each prepared
         // statement gets one generic plan. A generic plan made while the table is small must
@@ -86,6 +90,15 @@ impl Store {
         // server configured with synchronous_commit=off would lose acknowledged tokens and
         // completions in a crash.
         options.push_str(" -c synchronous_commit=on");
+        // A replica that froze or lost its network mid-transaction must not hold row locks
+        // (and so stall every other replica's batches) for long: its session is ended after
+        // a short idle time in a transaction and dead peers are found by keepalives; a batch
+        // that waits for a lock too long fails as retryable instead of hanging its callers.
+        options.push_str(
+            " -c lock_timeout=2s -c idle_in_transaction_session_timeout=10s \
+             -c statement_timeout=30s -c tcp_keepalives_idle=10 \
+             -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3",
+        );
         if negative_control("async-commit") {
             tracing::error!(
                 "NEGATIVE CONTROL async-commit: commits are acknowledged before they are durable"
@@ -467,7 +480,10 @@ impl Store {
             for i in lost {
                 let req = unique[i];
                 let record = records.get(&req.key);
-                let reason = core::classify_lost(req.token, record, now);
+                let Some(reason) = core::classify_lost(req.token, record, now) else {
+                    results[i] = Some(HeartbeatResult::NotRenewed);
+                    continue;
+                };
                 let detail = match record {
                     Some(r) if reason == core::LostReason::Fenced => {
                         format!("token {} is superseded by token {}", req.token, r.token)
@@ -808,6 +824,14 @@ fn classify(e: tokio_postgres::Error) -> Error {
                 || *code == SqlState::T_R_SERIALIZATION_FAILURE =>
         {
             Error::DatabaseUnavailable(format!("conflict: {e}"))
+        }
+        // A lock held too long (lock_timeout) or a statement cancelled by its timeout: nothing
+        // was committed, and a retry may well succeed.
+        Some(code)
+            if *code == SqlState::LOCK_NOT_AVAILABLE
+                || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT =>
+        {
+            Error::DatabaseUnavailable(e.to_string())
         }
         Some(code) => {
             let class = &code.code()[..2];

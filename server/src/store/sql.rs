@@ -103,14 +103,23 @@ pub const INSERT_EVENTS: &str = "
 /// extended, to min(now + lease_ttl, hard deadline). An expired lease is never revived.
 /// Returns the position (`ord`, from 1) of each renewed item; the caller reads the records
 /// of the others to say why. Items must be distinct (namespace, key, token).
+///
+/// Rows locked by another transaction are skipped, not waited for: a heartbeat batch must
+/// never stall behind a lock (say, one held by a replica that froze mid-transaction), and a
+/// skipped lease is simply not renewed this time.
 pub const HEARTBEAT: &str = "
     UPDATE executions e
        SET lease_expires_at = least(clock_timestamp() + e.lease_ttl_ms * interval '1 millisecond',
                                     e.hard_deadline_at)
-      FROM unnest($1::text[], $2::text[], $3::int8[]) WITH ORDINALITY AS u(namespace, key, token, ord)
-     WHERE e.namespace = u.namespace AND e.key = u.key AND e.token = u.token
-       AND e.state = 1 AND e.lease_expires_at > clock_timestamp()
-    RETURNING u.ord, e.lease_expires_at, clock_timestamp()";
+      FROM (SELECT x.ctid AS row_id, u.ord
+              FROM unnest($1::text[], $2::text[], $3::int8[]) WITH ORDINALITY
+                   AS u(namespace, key, token, ord)
+              JOIN executions x
+                ON x.namespace = u.namespace AND x.key = u.key AND x.token = u.token
+             WHERE x.state = 1 AND x.lease_expires_at > clock_timestamp()
+               FOR UPDATE OF x SKIP LOCKED) l
+     WHERE e.ctid = l.row_id
+    RETURNING l.ord, e.lease_expires_at, clock_timestamp()";
 
 /// Background statements scan the whole table: they get the planner's full choice back for
 /// their transaction (the pool's sessions rule out sequential scans; see `Store::connect`).
