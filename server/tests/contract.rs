@@ -876,3 +876,47 @@ async fn a_lost_database_gives_retryable_unavailable_and_the_server_recovers() {
     let again = acquire(&mut c, req).await;
     assert_eq!(again.token, 1);
 }
+
+#[tokio::test]
+async fn a_row_locked_elsewhere_stalls_neither_unrelated_claims_nor_heartbeats() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    let ns = ns();
+    let held = acquire(&mut c, claim_req(&ns, "held")).await;
+    let other = acquire(&mut c, claim_req(&ns, "other")).await;
+
+    // A transaction that holds the row lock and does nothing, like a frozen replica.
+    let mut locker = server.db.connect().await;
+    let tx = locker.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM executions WHERE namespace = $1 AND key = 'held' FOR UPDATE",
+        &[&ns],
+    )
+    .await
+    .unwrap();
+
+    // Unrelated claims go through while the lock is held.
+    for i in 0..5 {
+        acquire(&mut c, claim_req(&ns, &format!("fresh-{i}"))).await;
+    }
+    // One stream: the locked lease gets no answer (neither renewed nor lost), the other
+    // lease is renewed, and the same lease beaten twice gets two answers.
+    let mut beats = Beats::open(&mut c).await;
+    beats.send(&ns, "held", held.token).await;
+    beats.send(&ns, "other", other.token).await;
+    beats.send(&ns, "other", other.token).await;
+    for _ in 0..2 {
+        let r = beats.recv().await;
+        assert_eq!((r.key.as_str(), r.token), ("other", other.token));
+        assert!(lost_reason(r.result.as_ref().unwrap()).is_none());
+    }
+    let quiet = tokio::time::timeout(Duration::from_millis(500), beats.rx.message()).await;
+    assert!(
+        quiet.is_err(),
+        "the locked lease must not be answered: {quiet:?}"
+    );
+
+    // Once the lock is gone, the held lease renews as usual.
+    tx.rollback().await.unwrap();
+    assert!(lost_reason(&beats.beat(&ns, "held", held.token).await).is_none());
+}

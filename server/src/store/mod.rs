@@ -293,8 +293,6 @@ impl Store {
         &self,
         keys: impl Iterator<Item = &'a ExecKey>,
     ) -> Result<(Timestamp, HashMap<ExecKey, core::Record>)> {
-        let (namespaces, keys): (Vec<&str>, Vec<&str>) =
-            keys.map(|k| (k.namespace.as_str(), k.key.as_str())).unzip();
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(sql::READ_RECORDS)
@@ -305,22 +303,7 @@ impl Store {
         // before the snapshot, so a lease seen as expired was expired when the snapshot was
         // taken (and an expired lease is final), while a lease renewed just after the clock
         // reading can only look more alive, never expired.
-        let (clock_row, rows) = futures::try_join!(
-            async { client.query_one(&clock, &[]).await.map_err(classify) },
-            async {
-                client
-                    .query(&stmt, &[&namespaces, &keys])
-                    .await
-                    .map_err(classify)
-            }
-        )?;
-        let now: Timestamp = clock_row.get(0);
-        let mut records = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let (key, record) = record_from_row(row, 0)?;
-            records.insert(key, record);
-        }
-        Ok((now, records))
+        fetch_records(&**client, &stmt, &clock, ClockAt::Before, keys).await
     }
 
     /// Completes a batch.
@@ -676,30 +659,54 @@ async fn lock_records<'a>(
     tx: &deadpool_postgres::Transaction<'_>,
     keys: impl Iterator<Item = &'a ExecKey>,
 ) -> Result<(Timestamp, HashMap<ExecKey, core::Record>)> {
-    let (namespaces, keys): (Vec<&str>, Vec<&str>) =
-        keys.map(|k| (k.namespace.as_str(), k.key.as_str())).unzip();
     let stmt = tx
         .prepare_cached(sql::LOCK_RECORDS)
         .await
         .map_err(classify)?;
     let clock = tx.prepare_cached(sql::CLOCK).await.map_err(classify)?;
-    // Pipelined: the server runs the clock query after the locking query has finished, so
-    // the clock is read with every lock held, at no extra round trip.
-    let (rows, clock_row) = futures::try_join!(
-        async {
-            tx.query(&stmt, &[&namespaces, &keys])
-                .await
-                .map_err(classify)
-        },
-        async { tx.query_one(&clock, &[]).await.map_err(classify) }
-    )?;
+    // The clock runs after the locking query has finished, so it is read with every lock
+    // held: time spent waiting for a lock never makes an expired lease look live.
+    fetch_records(&**tx, &stmt, &clock, ClockAt::After, keys).await
+}
+
+/// When the clock is read relative to the records, in one pipeline (no extra round trip).
+enum ClockAt {
+    Before,
+    After,
+}
+
+/// Runs a records statement (`sql::READ_RECORDS` or `sql::LOCK_RECORDS`) and the clock.
+async fn fetch_records<'a>(
+    client: &impl tokio_postgres::GenericClient,
+    stmt: &tokio_postgres::Statement,
+    clock: &tokio_postgres::Statement,
+    at: ClockAt,
+    keys: impl Iterator<Item = &'a ExecKey>,
+) -> Result<(Timestamp, HashMap<ExecKey, core::Record>)> {
+    let (namespaces, keys): (Vec<&str>, Vec<&str>) =
+        keys.map(|k| (k.namespace.as_str(), k.key.as_str())).unzip();
+    let records = async {
+        client
+            .query(stmt, &[&namespaces, &keys])
+            .await
+            .map_err(classify)
+    };
+    let now = async { client.query_one(clock, &[]).await.map_err(classify) };
+    // tokio-postgres sends pipelined queries in the order they are first polled.
+    let (rows, clock_row) = match at {
+        ClockAt::Before => {
+            let (c, r) = futures::try_join!(now, records)?;
+            (r, c)
+        }
+        ClockAt::After => futures::try_join!(records, now)?,
+    };
     let now: Timestamp = clock_row.get(0);
-    let mut records = HashMap::with_capacity(rows.len());
+    let mut out = HashMap::with_capacity(rows.len());
     for row in &rows {
         let (key, record) = record_from_row(row, 0)?;
-        records.insert(key, record);
+        out.insert(key, record);
     }
-    Ok((now, records))
+    Ok((now, out))
 }
 
 /// Inserts new records (and their first history event); returns the token of each record

@@ -13,28 +13,27 @@ macro_rules! record_columns {
 /// Locks the records of a batch in primary-key order (so concurrent batches cannot deadlock
 /// on each other) and returns them.
 pub const LOCK_RECORDS: &str = concat!(
-    "SELECT ",
-    "e.namespace, e.key, e.state, e.token, e.attempt, e.fingerprint, e.holder, e.claim_id, \
-     e.lease_ttl_ms, e.lease_expires_at, e.hard_deadline_at, e.uncertain_reason, e.response, \
-     e.error, e.retention_ms, e.retention_until, e.created_at, e.updated_at",
-    " FROM executions e
-      JOIN unnest($1::text[], $2::text[]) AS u(namespace, key)
-        ON e.namespace = u.namespace AND e.key = u.key
-     ORDER BY e.namespace, e.key
-     FOR UPDATE OF e"
+    batch_records!(),
+    " ORDER BY e.namespace, e.key FOR UPDATE OF e"
 );
 
 /// The records of a batch without locking them: claims that only report (replays, IN_PROGRESS,
 /// UNCERTAIN) are answered from this read, with no transaction and no write.
-pub const READ_RECORDS: &str = concat!(
-    "SELECT ",
-    "e.namespace, e.key, e.state, e.token, e.attempt, e.fingerprint, e.holder, e.claim_id, \
-     e.lease_ttl_ms, e.lease_expires_at, e.hard_deadline_at, e.uncertain_reason, e.response, \
-     e.error, e.retention_ms, e.retention_until, e.created_at, e.updated_at",
-    " FROM executions e
-      JOIN unnest($1::text[], $2::text[]) AS u(namespace, key)
-        ON e.namespace = u.namespace AND e.key = u.key"
-);
+pub const READ_RECORDS: &str = batch_records!();
+
+/// The records named by two arrays `$1` (namespaces) and `$2` (keys).
+macro_rules! batch_records {
+    () => {
+        "SELECT e.namespace, e.key, e.state, e.token, e.attempt, e.fingerprint, e.holder, \
+         e.claim_id, e.lease_ttl_ms, e.lease_expires_at, e.hard_deadline_at, \
+         e.uncertain_reason, e.response, e.error, e.retention_ms, e.retention_until, \
+         e.created_at, e.updated_at
+           FROM executions e
+           JOIN unnest($1::text[], $2::text[]) AS u(namespace, key)
+             ON e.namespace = u.namespace AND e.key = u.key"
+    };
+}
+use batch_records;
 
 /// The database clock, read after the row locks are held so that time spent waiting for a
 /// lock never makes an expired lease look live.
