@@ -136,13 +136,6 @@ impl Store {
         migrate(&mut client).await
     }
 
-    /// Checks that the database answers.
-    pub async fn check(&self) -> Result<()> {
-        let client = self.client().await?;
-        client.simple_query("SELECT 1").await.map_err(classify)?;
-        Ok(())
-    }
-
     /// Current pool usage: (size, available).
     pub fn pool_status(&self) -> (usize, usize) {
         let s = self.pool.status();
