@@ -13,7 +13,6 @@ use anyhow::Context;
 use sentinel_proto::v1::sentinel_service_server::SentinelServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::api::SentinelApi;
@@ -201,16 +200,22 @@ pub async fn run(
             let _ = drain_tx.send(());
         }
     };
+    // The builder's own TCP options apply only to listeners it binds itself; ours was bound
+    // earlier (so that a taken port fails fast), so they are set on each accepted socket
+    // here. Without TCP_NODELAY, a response written while an earlier one is still unacked
+    // waits for the peer's delayed ACK: about 40 ms on Linux.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(30)));
     let serve = tonic::transport::Server::builder()
         .trace_fn(telemetry::rpc_span)
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain_signal);
+        .serve_with_incoming_shutdown(incoming, drain_signal);
 
     ready(Ready {
         grpc: addr,

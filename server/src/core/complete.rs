@@ -49,48 +49,20 @@ pub fn decide_complete(
         }
     };
 
+    let res = completion_effect(&req.outcome, late);
     let mut next = rec.clone();
     next.updated_at = now;
-    next.uncertain_reason = None;
-    let reason: &'static str;
-    let mut note = String::new();
-    match &req.outcome {
-        Outcome::Success { response } => {
-            next.state = State::Completed;
-            next.response = Some(response.clone());
-            next.error = None;
-            next.retention_until = Some(now + to_chrono(rec.retention));
-            reason = if late { "late_complete" } else { "complete" };
-        }
-        Outcome::Failure {
-            message,
-            retryable,
-            side_effects,
-        } => {
-            next.error = Some(message.clone());
-            note = message.clone();
-            match (side_effects, retryable) {
-                (SideEffects::None, true) => {
-                    next.state = State::Released;
-                    reason = if late { "late_release" } else { "release" };
-                }
-                (SideEffects::None, false) => {
-                    next.state = State::Failed;
-                    next.retention_until = Some(now + to_chrono(rec.retention));
-                    reason = if late { "late_fail" } else { "fail" };
-                }
-                (SideEffects::Possible, _) => {
-                    next.state = State::Uncertain;
-                    next.uncertain_reason = Some(UncertainReason::Reported);
-                    reason = if late {
-                        "late_report_uncertain"
-                    } else {
-                        "report_uncertain"
-                    };
-                }
-            }
-        }
+    next.state = res.state;
+    next.uncertain_reason = res.uncertain_reason;
+    if let Some(response) = res.response {
+        next.response = Some(response.to_vec());
     }
+    next.error = res.error.map(str::to_owned);
+    if res.starts_retention {
+        next.retention_until = Some(now + to_chrono(rec.retention));
+    }
+    let reason = res.reason;
+    let note = res.note.to_owned();
     let result = CompleteResult {
         state: next.state,
         token: rec.token,
@@ -114,6 +86,75 @@ pub fn decide_complete(
             event,
         }),
     ))
+}
+
+/// What a completion writes over its record, as a function of the outcome alone.
+///
+/// `decide_complete` applies it to the record it read; the store's one-statement path for
+/// live leases (`store::sql::COMPLETE_LIVE`) sends it with the request and applies it in the
+/// database, guarded by exactly the conditions under which `decide_complete` would take
+/// the non-late branch (current token, RUNNING, lease live at the database clock, matching
+/// fingerprint).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompletionEffect<'a> {
+    pub state: State,
+    pub uncertain_reason: Option<UncertainReason>,
+    /// The response to store; `None` leaves the stored one as it is.
+    pub response: Option<&'a [u8]>,
+    pub error: Option<&'a str>,
+    /// COMPLETED and FAILED start their retention at the completion time.
+    pub starts_retention: bool,
+    /// The history event's reason.
+    pub reason: &'static str,
+    pub note: &'a str,
+}
+
+pub fn completion_effect(outcome: &Outcome, late: bool) -> CompletionEffect<'_> {
+    let pick = |on_time, when_late| if late { when_late } else { on_time };
+    match outcome {
+        Outcome::Success { response } => CompletionEffect {
+            state: State::Completed,
+            uncertain_reason: None,
+            response: Some(response),
+            error: None,
+            starts_retention: true,
+            reason: pick("complete", "late_complete"),
+            note: "",
+        },
+        Outcome::Failure {
+            message,
+            retryable,
+            side_effects,
+        } => {
+            let (state, uncertain_reason, starts_retention, reason) =
+                match (side_effects, retryable) {
+                    (SideEffects::None, true) => (
+                        State::Released,
+                        None,
+                        false,
+                        pick("release", "late_release"),
+                    ),
+                    (SideEffects::None, false) => {
+                        (State::Failed, None, true, pick("fail", "late_fail"))
+                    }
+                    (SideEffects::Possible, _) => (
+                        State::Uncertain,
+                        Some(UncertainReason::Reported),
+                        false,
+                        pick("report_uncertain", "late_report_uncertain"),
+                    ),
+                };
+            CompletionEffect {
+                state,
+                uncertain_reason,
+                response: None,
+                error: Some(message),
+                starts_retention,
+                reason,
+                note: message,
+            }
+        }
+    }
 }
 
 /// Whether `outcome` is exactly the outcome already stored under this token.

@@ -18,7 +18,7 @@ pub mod model;
 mod reconcile;
 
 pub use claim::{acquired as acquired_outcome, decide_claim, ClaimDecision};
-pub use complete::decide_complete;
+pub use complete::{completion_effect, decide_complete, CompletionEffect};
 pub use heartbeat::classify_lost;
 pub use model::*;
 pub use reconcile::decide_reconcile;

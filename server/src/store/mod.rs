@@ -206,24 +206,59 @@ impl Store {
         }
 
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(classify)?;
-        let mut superseded = Vec::new();
-        let mut events = EventColumns::default();
+        // New keys are inserted by one statement that commits on its own: the insert is
+        // its own lock (a key created by someone else since the read is skipped, and decided
+        // under the lock below).
+        let mut created = false;
         if !precreate.is_empty() {
             precreate.sort_by(|a, b| reqs[a.0].key.cmp(&reqs[b.0].key));
-            let tokens =
-                insert_records(&tx, precreate.iter().map(|(i, r)| (&reqs[*i].key, r))).await?;
+            let tokens = insert_records(
+                &client,
+                precreate.iter().map(|(i, r)| (&reqs[*i].key, r)),
+                classify_autocommit,
+            )
+            .await?;
             for (i, mut record) in precreate {
                 match tokens.get(&reqs[i].key) {
                     Some(&token) => {
                         record.token = token;
+                        created = true;
                         items[i] = Some(Ok(core::acquired_outcome(&record, now0)));
                     }
-                    // Created by someone else since the read: decide under the lock.
                     None => pending.push(i),
                 }
             }
         }
+        let mut superseded = Vec::new();
+        if !pending.is_empty() {
+            superseded = Self::claim_locked(&mut client, reqs, pending, &mut items)
+                .await
+                .map_err(|e| match e {
+                    // The new keys are committed: their callers must not be told that nothing
+                    // happened (a retry with the same claim id gets the same token).
+                    Error::DatabaseUnavailable(m) if created => Error::CommitUnknown(m),
+                    e => e,
+                })?;
+        }
+        Ok(BatchResult {
+            items: items
+                .into_iter()
+                .map(|r| r.expect("every item decided"))
+                .collect(),
+            superseded,
+        })
+    }
+
+    /// Decides claims that may write to an existing record, under row locks, in rounds.
+    async fn claim_locked(
+        client: &mut deadpool_postgres::Object,
+        reqs: &[ClaimRequest],
+        mut pending: Vec<usize>,
+        items: &mut [Option<Result<ClaimOutcome, Rejection>>],
+    ) -> Result<Vec<Superseded>> {
+        let tx = client.transaction().await.map_err(classify)?;
+        let mut superseded = Vec::new();
+        let mut events = EventColumns::default();
         pending.sort_unstable();
 
         while !pending.is_empty() {
@@ -252,7 +287,11 @@ impl Store {
             }
             // The writes of a round are independent statements: send them in one pipeline.
             let (tokens, (), ()) = futures::try_join!(
-                insert_records(&tx, creates.iter().map(|(i, r, _)| (&reqs[*i].key, r))),
+                insert_records(
+                    &tx,
+                    creates.iter().map(|(i, r, _)| (&reqs[*i].key, r)),
+                    classify
+                ),
                 write_updates(&tx, &updates),
                 insert_events(&tx, &events)
             )?;
@@ -272,13 +311,7 @@ impl Store {
             pending = rest;
         }
         commit(tx).await?;
-        Ok(BatchResult {
-            items: items
-                .into_iter()
-                .map(|r| r.expect("every item decided"))
-                .collect(),
-            superseded,
-        })
+        Ok(superseded)
     }
 
     /// Reads the records of a batch and the database clock, without a transaction.
@@ -299,22 +332,145 @@ impl Store {
         fetch_records(&**client, &stmt, &clock, ClockAt::Before, keys).await
     }
 
-    /// Completes a batch.
+    /// Completes a batch. Completions of live leases, the common case, are written by one
+    /// statement that commits on its own (`sql::COMPLETE_LIVE`); everything it leaves (a
+    /// fenced token, a late completion, a repeat, a row that changed under it, a second
+    /// completion of the same key in the batch) is decided under row locks in a transaction.
     pub async fn complete(&self, reqs: &[CompleteRequest]) -> Result<BatchResult<CompleteResult>> {
-        timed(
-            "complete",
-            reqs.len(),
-            retry_conflicts(|| self.complete_once(reqs)),
-        )
-        .await
+        timed("complete", reqs.len(), self.complete_inner(reqs)).await
     }
 
-    async fn complete_once(&self, reqs: &[CompleteRequest]) -> Result<BatchResult<CompleteResult>> {
+    async fn complete_inner(
+        &self,
+        reqs: &[CompleteRequest],
+    ) -> Result<BatchResult<CompleteResult>> {
+        let mut items: Vec<Option<Result<CompleteResult, Rejection>>> = vec![None; reqs.len()];
+        let mut rest = Vec::new();
+        if negative_control("skip-complete-fence") {
+            rest.extend(0..reqs.len());
+        } else {
+            let mut seen = HashSet::with_capacity(reqs.len());
+            let (first, dup): (Vec<usize>, Vec<usize>) =
+                (0..reqs.len()).partition(|&i| seen.insert(&reqs[i].key));
+            for (i, result) in self.complete_live(reqs, &first).await? {
+                items[i] = Some(Ok(result));
+            }
+            rest.extend(first.into_iter().filter(|&i| items[i].is_none()));
+            rest.extend(dup);
+            rest.sort_unstable();
+        }
+        if !rest.is_empty() {
+            let decided = retry_conflicts(|| self.complete_locked(reqs, &rest))
+                .await
+                .map_err(|e| match e {
+                    // Some of the batch is already committed: its callers must not be told
+                    // that nothing happened (a retry of the same completion is a repeat).
+                    Error::DatabaseUnavailable(m) if rest.len() < reqs.len() => {
+                        Error::CommitUnknown(m)
+                    }
+                    e => e,
+                })?;
+            for (&i, item) in rest.iter().zip(decided) {
+                items[i] = Some(item);
+            }
+        }
+        Ok(BatchResult {
+            items: items
+                .into_iter()
+                .map(|r| r.expect("every item decided"))
+                .collect(),
+            superseded: Vec::new(),
+        })
+    }
+
+    /// The one-statement path for completions of live leases; returns the items it wrote.
+    async fn complete_live(
+        &self,
+        reqs: &[CompleteRequest],
+        which: &[usize],
+    ) -> Result<Vec<(usize, CompleteResult)>> {
+        let n = which.len();
+        let mut namespaces = Vec::with_capacity(n);
+        let mut keys = Vec::with_capacity(n);
+        let mut tokens = Vec::with_capacity(n);
+        let mut fingerprints = Vec::with_capacity(n);
+        let mut states = Vec::with_capacity(n);
+        let mut uncertain = Vec::with_capacity(n);
+        let mut responses = Vec::with_capacity(n);
+        let mut errors = Vec::with_capacity(n);
+        let mut retains = Vec::with_capacity(n);
+        let mut reasons = Vec::with_capacity(n);
+        let mut notes = Vec::with_capacity(n);
+        for &i in which {
+            let req = &reqs[i];
+            let effect = core::completion_effect(&req.outcome, false);
+            namespaces.push(req.key.namespace.as_str());
+            keys.push(req.key.key.as_str());
+            tokens.push(token_param(req.token));
+            fingerprints.push(req.fingerprint.as_slice());
+            states.push(effect.state.code());
+            uncertain.push(effect.uncertain_reason.map_or(0, |u| u.code()));
+            responses.push(effect.response);
+            errors.push(effect.error);
+            retains.push(effect.starts_retention);
+            reasons.push(effect.reason);
+            notes.push(effect.note);
+        }
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(sql::COMPLETE_LIVE)
+            .await
+            .map_err(classify)?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &namespaces,
+                    &keys,
+                    &tokens,
+                    &fingerprints,
+                    &states,
+                    &uncertain,
+                    &responses,
+                    &errors,
+                    &retains,
+                    &reasons,
+                    &notes,
+                ],
+            )
+            .await
+            .map_err(classify_autocommit)?;
+        rows.iter()
+            .map(|row| {
+                let ord: i64 = row.try_get(0).map_err(classify)?;
+                let now: Timestamp = row.try_get(1).map_err(classify)?;
+                let i = usize::try_from(ord - 1)
+                    .ok()
+                    .and_then(|p| which.get(p).copied())
+                    .ok_or_else(|| Error::Internal(format!("complete returned position {ord}")))?;
+                let result = CompleteResult {
+                    state: core::completion_effect(&reqs[i].outcome, false).state,
+                    token: reqs[i].token,
+                    late: false,
+                    resolved_at: now,
+                };
+                Ok((i, result))
+            })
+            .collect()
+    }
+
+    /// Decides completions under row locks, in rounds when a key repeats; returns one result
+    /// per item of `which`, in order.
+    async fn complete_locked(
+        &self,
+        reqs: &[CompleteRequest],
+        which: &[usize],
+    ) -> Result<Vec<Result<CompleteResult, Rejection>>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(classify)?;
         let mut items: Vec<Option<Result<CompleteResult, Rejection>>> = vec![None; reqs.len()];
         let mut events = EventColumns::default();
-        let mut pending: Vec<usize> = (0..reqs.len()).collect();
+        let mut pending: Vec<usize> = which.to_vec();
         while !pending.is_empty() {
             let (round, rest) = split_round(&pending, |i| &reqs[i].key);
             let (now, records) = lock_records(&tx, round.iter().map(|&i| &reqs[i].key)).await?;
@@ -349,13 +505,10 @@ impl Store {
             pending = rest;
         }
         commit(tx).await?;
-        Ok(BatchResult {
-            items: items
-                .into_iter()
-                .map(|r| r.expect("every item decided"))
-                .collect(),
-            superseded: Vec::new(),
-        })
+        Ok(which
+            .iter()
+            .map(|&i| items[i].take().expect("every item decided"))
+            .collect())
     }
 
     /// Reconciles one execution.
@@ -705,8 +858,9 @@ async fn fetch_records<'a>(
 /// Inserts new records (and their first history event); returns the token of each record
 /// inserted. A key that another transaction created first is absent from the result.
 async fn insert_records<'a>(
-    tx: &deadpool_postgres::Transaction<'_>,
+    client: &impl deadpool_postgres::GenericClient,
     creates: impl Iterator<Item = (&'a ExecKey, &'a core::Record)>,
+    on_error: fn(tokio_postgres::Error) -> Error,
 ) -> Result<HashMap<ExecKey, Token>> {
     let mut cols = RecordColumns::default();
     for (key, record) in creates {
@@ -715,11 +869,14 @@ async fn insert_records<'a>(
     if cols.is_empty() {
         return Ok(HashMap::new());
     }
-    let stmt = tx
+    let stmt = client
         .prepare_cached(sql::INSERT_RECORDS)
         .await
         .map_err(classify)?;
-    let rows = tx.query(&stmt, &cols.params()).await.map_err(classify)?;
+    let rows = client
+        .query(&stmt, &cols.params())
+        .await
+        .map_err(on_error)?;
     let mut tokens = HashMap::with_capacity(rows.len());
     for row in rows {
         let key = ExecKey {
@@ -785,6 +942,19 @@ async fn commit(tx: deadpool_postgres::Transaction<'_>) -> Result<()> {
             Error::CommitUnknown(e.to_string())
         }
     })
+}
+
+/// Maps the error of a statement that commits on its own (no explicit transaction): a
+/// connection lost while it ran leaves its outcome unknown, as for a lost COMMIT.
+fn classify_autocommit(e: tokio_postgres::Error) -> Error {
+    if e.code().is_some() {
+        classify(e)
+    } else {
+        match classify(e) {
+            Error::DatabaseUnavailable(m) => Error::CommitUnknown(m),
+            other => other,
+        }
+    }
 }
 
 /// Whether an error is a deadlock or serialization failure, which is safe to retry: the

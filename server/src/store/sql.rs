@@ -91,6 +91,49 @@ pub const UPDATE_RECORDS: &str = "
      WHERE e.namespace = u.namespace AND e.key = u.key AND e.token = u.expected_token
     RETURNING e.namespace, e.key";
 
+/// Completes a batch of live leases in one statement, which commits on its own: the fast
+/// path of Complete. Each item carries its outcome's effect (`core::completion_effect`), and
+/// is written only under exactly the conditions in which `core::decide_complete` takes its
+/// plain branch: the record has this token, is RUNNING, matches the fingerprint (when one
+/// is given) and its lease is live at a database clock reading taken after the row is
+/// locked. Rows are locked in primary-key order, like every other locking statement. Items
+/// it does not return (fenced, late, repeated, raced) are decided by the locking path.
+/// Items must name distinct keys.
+pub const COMPLETE_LIVE: &str = "
+    WITH l AS (
+        SELECT x.ctid AS row_id, u.ord, u.token, u.state, u.uncertain_reason, u.response,
+               u.error, u.starts_retention, u.reason, u.note
+          FROM unnest($1::text[], $2::text[], $3::int8[], $4::bytea[], $5::int2[], $6::int2[],
+                      $7::bytea[], $8::text[], $9::bool[], $10::text[], $11::text[])
+               WITH ORDINALITY
+               AS u(namespace, key, token, fingerprint, state, uncertain_reason, response,
+                    error, starts_retention, reason, note, ord)
+          JOIN executions x
+            ON x.namespace = u.namespace AND x.key = u.key AND x.token = u.token
+         WHERE x.state = 1 AND (u.fingerprint = '' OR x.fingerprint = u.fingerprint)
+         ORDER BY x.namespace, x.key
+           FOR UPDATE OF x
+    ), c AS (
+        -- One clock reading per row, taken after the row lock is held.
+        SELECT l.*, clock_timestamp() AS now FROM l
+    ), w AS (
+        UPDATE executions e
+           SET state = c.state, uncertain_reason = c.uncertain_reason,
+               response = coalesce(c.response, e.response), error = c.error,
+               retention_until = CASE WHEN c.starts_retention
+                                      THEN c.now + e.retention_ms * interval '1 millisecond'
+                                      ELSE e.retention_until END,
+               updated_at = c.now
+          FROM c
+         WHERE e.ctid = c.row_id AND e.token = c.token AND e.state = 1
+           AND e.lease_expires_at > c.now
+        RETURNING c.ord, e.namespace, e.key, e.token, e.holder, e.state, c.now, c.reason, c.note
+    ), ev AS (
+        INSERT INTO execution_events (namespace, key, token, from_state, to_state, reason, actor, note)
+        SELECT namespace, key, token, 1, state, reason, holder, note FROM w
+    )
+    SELECT ord, now FROM w";
+
 /// Appends history events.
 pub const INSERT_EVENTS: &str = "
     INSERT INTO execution_events (namespace, key, token, from_state, to_state, reason, actor, note)
