@@ -243,3 +243,51 @@ async fn new_keys_and_existing_keys_in_one_claim_batch() {
     assert_eq!(reasons(&store, "new").await, ["claim"]);
     assert_eq!(record(&store, "held").await.token, held);
 }
+
+#[tokio::test]
+async fn the_sweeper_walks_the_table_in_bounded_slices() {
+    let (store, _db) = store().await;
+    // k0..k6 in key order: three completed with a retention that is over at once, two
+    // leases that expire, two live leases.
+    for k in ["k0", "k3", "k5"] {
+        let mut req = claim_req(k, Duration::from_secs(60));
+        req.retention = Duration::from_millis(1);
+        let token = match &store.claim(&[req]).await.unwrap().items[0] {
+            Ok(ClaimOutcome::Acquired { token, .. }) => *token,
+            other => panic!("{other:?}"),
+        };
+        store.complete(&[success(k, token, b"x")]).await.unwrap();
+    }
+    for k in ["k1", "k4"] {
+        acquire(&store, k, Duration::from_millis(50)).await;
+    }
+    for k in ["k2", "k6"] {
+        acquire(&store, k, Duration::from_secs(60)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // One slice of two records per sweep: no sweep touches more than two, and the walk
+    // covers the seven records in four sweeps, then starts again from the top.
+    let mut totals = (0, 0);
+    for _ in 0..4 {
+        let s = store.sweep(2, 1).await.unwrap();
+        assert!(s.ran);
+        assert!(s.expired + s.deleted <= 2, "{s:?}");
+        totals = (totals.0 + s.expired, totals.1 + s.deleted);
+    }
+    assert_eq!(totals, (2, 3));
+    for k in ["k1", "k4"] {
+        let r = record(&store, k).await;
+        assert_eq!(r.state, State::Uncertain, "{k}");
+        assert_eq!(reasons(&store, k).await, ["claim", "lease_expired"]);
+    }
+    for k in ["k2", "k6"] {
+        assert_eq!(record(&store, k).await.state, State::Running, "{k}");
+    }
+    for k in ["k0", "k3", "k5"] {
+        assert!(store.inspect(&key(k), 1).await.unwrap().is_none(), "{k}");
+    }
+    // A whole pass over what is left finds nothing more to do.
+    let s = store.sweep(10, 10).await.unwrap();
+    assert_eq!((s.expired, s.deleted), (0, 0));
+}

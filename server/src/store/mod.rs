@@ -59,6 +59,8 @@ pub struct SweepStats {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// The sweeper's position in its walk over the table (see `sql::SWEEP_SLICE`).
+    sweep_cursor: std::sync::Arc<std::sync::Mutex<(String, String)>>,
 }
 
 /// How many times a batch is retried after a deadlock or serialization failure.
@@ -127,7 +129,10 @@ impl Store {
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|e| Error::Internal(format!("building the connection pool: {e}")))?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            sweep_cursor: Default::default(),
+        })
     }
 
     /// Opens one connection and applies pending migrations.
@@ -727,9 +732,14 @@ impl Store {
             .collect()
     }
 
-    /// One bounded sweep: marks expired leases UNCERTAIN and deletes records past retention,
-    /// at most `batch` of each per transaction and `max_batches` transactions. Only one
-    /// replica sweeps at a time (a transaction-level advisory lock per batch).
+    /// One bounded sweep: continues a walk over the table in primary-key order, one slice of
+    /// `batch` records per transaction and at most `max_batches` slices, marking expired
+    /// leases UNCERTAIN and deleting records past retention. A sweep stops early when the walk
+    /// reaches the end of the table; the next one starts again from the top. The cost of a
+    /// sweep is bounded whatever the size of the table: on a large table a full walk takes
+    /// several sweeps (which is harmless: expiry and retention are also judged on every read,
+    /// so a record waiting for its slice is already reported as UNCERTAIN or gone). Only one
+    /// replica sweeps at a time (a transaction-level advisory lock per slice).
     pub async fn sweep(&self, batch: i64, max_batches: usize) -> Result<SweepStats> {
         timed("sweep", 0, self.sweep_inner(batch, max_batches)).await
     }
@@ -755,10 +765,8 @@ impl Store {
         let mut stats = SweepStats::default();
         let mut client = self.client().await?;
         for _ in 0..max_batches {
+            let (lo_ns, lo_key) = self.sweep_cursor().clone();
             let tx = client.transaction().await.map_err(classify)?;
-            tx.batch_execute(sql::FULL_PLANNER)
-                .await
-                .map_err(classify)?;
             let locked: bool = tx
                 .query_one(sql::SWEEP_LOCK, &[])
                 .await
@@ -768,23 +776,48 @@ impl Store {
                 return Ok(stats);
             }
             stats.ran = true;
+            let slice = tx
+                .query_one(sql::SWEEP_SLICE, &[&lo_ns, &lo_key, &batch])
+                .await
+                .map_err(classify)?;
+            let seen: i64 = slice.get(0);
+            let (Some(hi_ns), Some(hi_key)) = (
+                slice.get::<_, Option<String>>(1),
+                slice.get::<_, Option<String>>(2),
+            ) else {
+                // Nothing after the cursor: the pass is over; the next starts from the top.
+                tx.commit().await.map_err(classify)?;
+                *self.sweep_cursor() = Default::default();
+                break;
+            };
+            let range: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                [&lo_ns, &lo_key, &hi_ns, &hi_key];
             let expired = tx
-                .query(sql::SWEEP_EXPIRED, &[&batch])
+                .query(sql::SWEEP_EXPIRED, &range)
                 .await
                 .map_err(classify)?;
             let deleted: i64 = tx
-                .query_one(sql::SWEEP_RETENTION, &[&batch])
+                .query_one(sql::SWEEP_RETENTION, &range)
                 .await
                 .map_err(classify)?
                 .get(0);
             tx.commit().await.map_err(classify)?;
             stats.expired += expired.len() as u64;
             stats.deleted += deleted as u64;
-            if (expired.len() as i64) < batch && deleted < batch {
+            if seen < batch {
+                *self.sweep_cursor() = Default::default();
                 break;
             }
+            *self.sweep_cursor() = (hi_ns, hi_key);
         }
         Ok(stats)
+    }
+
+    /// Where the next sweep slice starts: the last (namespace, key) swept, or the start.
+    fn sweep_cursor(&self) -> std::sync::MutexGuard<'_, (String, String)> {
+        self.sweep_cursor
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

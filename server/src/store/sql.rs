@@ -163,8 +163,9 @@ pub const HEARTBEAT: &str = "
      WHERE e.ctid = l.row_id
     RETURNING l.ord, e.lease_expires_at, clock_timestamp()";
 
-/// Background statements scan the whole table: they get the planner's full choice back for
-/// their transaction (the pool's sessions rule out sequential scans; see `Store::connect`).
+/// The gauges (`STATS`) scan the whole table, every `--stats-interval`: they get the planner's
+/// full choice back for their transaction (the pool's sessions rule out sequential scans; see
+/// `Store::connect`).
 pub const FULL_PLANNER: &str =
     "SET LOCAL enable_seqscan = on; SET LOCAL enable_hashjoin = on; SET LOCAL enable_mergejoin = on";
 
@@ -204,16 +205,30 @@ pub const STATS: &str = "
       FROM executions
      GROUP BY namespace";
 
-/// Only one replica sweeps at a time; the lock is held for one batch transaction.
+/// Only one replica sweeps at a time; the lock is held for one slice transaction.
 pub const SWEEP_LOCK: &str = "SELECT pg_try_advisory_xact_lock(1397050964)";
 
-/// Writes UNCERTAIN into a bounded batch of RUNNING records whose lease expired, with the
-/// same reason rule as `Record::expiry_reason`, and their history events.
+/// The sweeper walks the table in primary-key order, one slice of at most `$3` records per
+/// transaction, so that each pass costs the same however large the table grows (retention
+/// keeps every completed key for a day by default). Returns the number of records in the
+/// slice after the cursor (`$1`, `$2`) and the last one, which bounds the slice.
+pub const SWEEP_SLICE: &str = "
+    SELECT count(*),
+           (array_agg(namespace ORDER BY namespace DESC, key DESC))[1],
+           (array_agg(key ORDER BY namespace DESC, key DESC))[1]
+      FROM (SELECT namespace, key FROM executions
+             WHERE (namespace, key) > ($1, $2)
+             ORDER BY namespace, key
+             LIMIT $3) s";
+
+/// Writes UNCERTAIN into the RUNNING records of a slice (`$1`, `$2`] .. (`$3`, `$4`] whose
+/// lease expired, with the same reason rule as `Record::expiry_reason`, and their history
+/// events. Rows locked by a transaction in flight are left for the next pass.
 pub const SWEEP_EXPIRED: &str = "
     WITH x AS (
         SELECT namespace, key FROM executions
-         WHERE state = 1 AND lease_expires_at <= clock_timestamp()
-         LIMIT $1
+         WHERE (namespace, key) > ($1, $2) AND (namespace, key) <= ($3, $4)
+           AND state = 1 AND lease_expires_at <= clock_timestamp()
            FOR UPDATE SKIP LOCKED
     ), u AS (
         UPDATE executions e
@@ -233,15 +248,16 @@ pub const SWEEP_EXPIRED: &str = "
     )
     SELECT u.namespace, u.key, u.token FROM u";
 
-/// Deletes a bounded batch of records past retention, with their history, and raises the
-/// token floor of their buckets so that the keys continue above their old tokens.
+/// Deletes the records of a slice (as in `SWEEP_EXPIRED`) that are past retention, with
+/// their history, and raises the token floor of their buckets so that the keys continue
+/// above their old tokens.
 pub const SWEEP_RETENTION: &str = "
     WITH d AS (
         DELETE FROM executions
          WHERE (namespace, key) IN (
                 SELECT namespace, key FROM executions
-                 WHERE state IN (2, 3) AND retention_until <= clock_timestamp()
-                 LIMIT $1
+                 WHERE (namespace, key) > ($1, $2) AND (namespace, key) <= ($3, $4)
+                   AND state IN (2, 3) AND retention_until <= clock_timestamp()
                    FOR UPDATE SKIP LOCKED)
            AND state IN (2, 3) AND retention_until <= clock_timestamp()
         RETURNING namespace, key, token
