@@ -200,13 +200,7 @@ pub async fn run(
             let _ = drain_tx.send(());
         }
     };
-    // The builder's own TCP options apply only to listeners it binds itself; ours was bound
-    // earlier (so that a taken port fails fast), so they are set on each accepted socket
-    // here. Without TCP_NODELAY, a response written while an earlier one is still unacked
-    // waits for the peer's delayed ACK: about 40 ms on Linux.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(30)));
+    let incoming = accepted_connections(listener);
     let serve = tonic::transport::Server::builder()
         .trace_fn(telemetry::rpc_span)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -276,5 +270,31 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+/// The gRPC connections accepted on `listener`, with their socket options. The server
+/// builder's own TCP options apply only to listeners it binds itself; ours is bound earlier
+/// (so that a taken port fails fast), so they are set on each accepted socket here. Without
+/// TCP_NODELAY, a response written while an earlier one is still unacknowledged waits for
+/// the peer's delayed ACK: about 40 ms on Linux, for a share of the replies under load.
+fn accepted_connections(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(30)))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = super::accepted_connections(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(accepted.nodelay().unwrap());
     }
 }
