@@ -776,34 +776,25 @@ impl Store {
                 return Ok(stats);
             }
             stats.ran = true;
-            let slice = tx
-                .query_one(sql::SWEEP_SLICE, &[&lo_ns, &lo_key, &batch])
+            let stmt = tx
+                .prepare_cached(sql::SWEEP_SLICE)
                 .await
                 .map_err(classify)?;
+            let slice = tx
+                .query_one(&stmt, &[&lo_ns, &lo_key, &batch])
+                .await
+                .map_err(classify)?;
+            tx.commit().await.map_err(classify)?;
             let seen: i64 = slice.get(0);
-            let (Some(hi_ns), Some(hi_key)) = (
-                slice.get::<_, Option<String>>(1),
-                slice.get::<_, Option<String>>(2),
-            ) else {
+            let last: (Option<String>, Option<String>) = (slice.get(1), slice.get(2));
+            let (expired, deleted): (i64, i64) = (slice.get(3), slice.get(4));
+            stats.expired += expired as u64;
+            stats.deleted += deleted as u64;
+            let (Some(hi_ns), Some(hi_key)) = last else {
                 // Nothing after the cursor: the pass is over; the next starts from the top.
-                tx.commit().await.map_err(classify)?;
                 *self.sweep_cursor() = Default::default();
                 break;
             };
-            let range: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-                [&lo_ns, &lo_key, &hi_ns, &hi_key];
-            let expired = tx
-                .query(sql::SWEEP_EXPIRED, &range)
-                .await
-                .map_err(classify)?;
-            let deleted: i64 = tx
-                .query_one(sql::SWEEP_RETENTION, &range)
-                .await
-                .map_err(classify)?
-                .get(0);
-            tx.commit().await.map_err(classify)?;
-            stats.expired += expired.len() as u64;
-            stats.deleted += deleted as u64;
             if seen < batch {
                 *self.sweep_cursor() = Default::default();
                 break;

@@ -208,28 +208,27 @@ pub const STATS: &str = "
 /// Only one replica sweeps at a time; the lock is held for one slice transaction.
 pub const SWEEP_LOCK: &str = "SELECT pg_try_advisory_xact_lock(1397050964)";
 
-/// The sweeper walks the table in primary-key order, one slice of at most `$3` records per
-/// transaction, so that each pass costs the same however large the table grows (retention
-/// keeps every completed key for a day by default). Returns the number of records in the
-/// slice after the cursor (`$1`, `$2`) and the last one, which bounds the slice.
+/// One slice of the sweeper's walk over the table in primary-key order: the (at most) `$3`
+/// records after the cursor (`$1`, `$2`). Walking in slices keeps the cost of each pass the
+/// same however large the table grows (retention keeps every completed key for a day by
+/// default). In the slice, it writes UNCERTAIN into RUNNING records whose lease expired (with
+/// the same reason rule as `Record::expiry_reason`, and their history events), and deletes
+/// records past retention with their history, raising the token floor of their buckets so
+/// that the keys continue above their old tokens. Rows locked by a transaction in flight
+/// are left for the next pass. Returns the number of records in the slice, the last one
+/// (the next cursor), and the counts expired and deleted.
 pub const SWEEP_SLICE: &str = "
-    SELECT count(*),
-           (array_agg(namespace ORDER BY namespace DESC, key DESC))[1],
-           (array_agg(key ORDER BY namespace DESC, key DESC))[1]
-      FROM (SELECT namespace, key FROM executions
-             WHERE (namespace, key) > ($1, $2)
-             ORDER BY namespace, key
-             LIMIT $3) s";
-
-/// Writes UNCERTAIN into the RUNNING records of a slice (`$1`, `$2`] .. (`$3`, `$4`] whose
-/// lease expired, with the same reason rule as `Record::expiry_reason`, and their history
-/// events. Rows locked by a transaction in flight are left for the next pass.
-pub const SWEEP_EXPIRED: &str = "
-    WITH x AS (
-        SELECT namespace, key FROM executions
-         WHERE (namespace, key) > ($1, $2) AND (namespace, key) <= ($3, $4)
-           AND state = 1 AND lease_expires_at <= clock_timestamp()
-           FOR UPDATE SKIP LOCKED
+    WITH s AS (
+        SELECT namespace, key, state, lease_expires_at, retention_until
+          FROM executions
+         WHERE (namespace, key) > ($1, $2)
+         ORDER BY namespace, key
+         LIMIT $3
+    ), x AS (
+        SELECT e.namespace, e.key
+          FROM s JOIN executions e ON e.namespace = s.namespace AND e.key = s.key
+         WHERE s.state = 1 AND s.lease_expires_at <= clock_timestamp()
+           FOR UPDATE OF e SKIP LOCKED
     ), u AS (
         UPDATE executions e
            SET state = 4,
@@ -239,35 +238,34 @@ pub const SWEEP_EXPIRED: &str = "
          WHERE e.namespace = x.namespace AND e.key = x.key
            AND e.state = 1 AND e.lease_expires_at <= clock_timestamp()
         RETURNING e.namespace, e.key, e.token, e.uncertain_reason, e.holder
-    ), ev AS (
+    ), ue AS (
         INSERT INTO execution_events (namespace, key, token, from_state, to_state, reason, actor, note)
         SELECT namespace, key, token, 1, 4,
                CASE uncertain_reason WHEN 2 THEN 'hard_deadline' ELSE 'lease_expired' END,
                'sweeper', ''
           FROM u
-    )
-    SELECT u.namespace, u.key, u.token FROM u";
-
-/// Deletes the records of a slice (as in `SWEEP_EXPIRED`) that are past retention, with
-/// their history, and raises the token floor of their buckets so that the keys continue
-/// above their old tokens.
-pub const SWEEP_RETENTION: &str = "
-    WITH d AS (
-        DELETE FROM executions
-         WHERE (namespace, key) IN (
-                SELECT namespace, key FROM executions
-                 WHERE (namespace, key) > ($1, $2) AND (namespace, key) <= ($3, $4)
-                   AND state IN (2, 3) AND retention_until <= clock_timestamp()
-                   FOR UPDATE SKIP LOCKED)
-           AND state IN (2, 3) AND retention_until <= clock_timestamp()
-        RETURNING namespace, key, token
+    ), r AS (
+        SELECT e.namespace, e.key
+          FROM s JOIN executions e ON e.namespace = s.namespace AND e.key = s.key
+         WHERE s.state IN (2, 3) AND s.retention_until <= clock_timestamp()
+           FOR UPDATE OF e SKIP LOCKED
+    ), d AS (
+        DELETE FROM executions e
+         USING r
+         WHERE e.namespace = r.namespace AND e.key = r.key
+           AND e.state IN (2, 3) AND e.retention_until <= clock_timestamp()
+        RETURNING e.namespace, e.key, e.token
     ), f AS (
         INSERT INTO token_floors (bucket, floor)
         SELECT sentinel_token_bucket(namespace, key), max(token) FROM d GROUP BY 1
         ON CONFLICT (bucket) DO UPDATE SET floor = greatest(token_floors.floor, excluded.floor)
-    ), ev AS (
+    ), de AS (
         DELETE FROM execution_events ev
          USING d
          WHERE ev.namespace = d.namespace AND ev.key = d.key AND ev.token <= d.token
     )
-    SELECT count(*) FROM d";
+    SELECT (SELECT count(*) FROM s),
+           (SELECT namespace FROM s ORDER BY namespace DESC, key DESC LIMIT 1),
+           (SELECT key FROM s ORDER BY namespace DESC, key DESC LIMIT 1),
+           (SELECT count(*) FROM u),
+           (SELECT count(*) FROM d)";
