@@ -238,12 +238,9 @@ impl Store {
         if !pending.is_empty() {
             superseded = Self::claim_locked(&mut client, reqs, pending, &mut items)
                 .await
-                .map_err(|e| match e {
-                    // The new keys are committed: their callers must not be told that nothing
-                    // happened (a retry with the same claim id gets the same token).
-                    Error::DatabaseUnavailable(m) if created => Error::CommitUnknown(m),
-                    e => e,
-                })?;
+                // The new keys are committed (a retry with the same claim id gets the same
+                // token).
+                .map_err(|e| if created { after_partial_commit(e) } else { e })?;
         }
         Ok(BatchResult {
             items: items
@@ -365,15 +362,16 @@ impl Store {
             rest.sort_unstable();
         }
         if !rest.is_empty() {
+            let committed = rest.len() < reqs.len();
+            // A retry of a completion already committed is a repeat.
             let decided = retry_conflicts(|| self.complete_locked(reqs, &rest))
                 .await
-                .map_err(|e| match e {
-                    // Some of the batch is already committed: its callers must not be told
-                    // that nothing happened (a retry of the same completion is a repeat).
-                    Error::DatabaseUnavailable(m) if rest.len() < reqs.len() => {
-                        Error::CommitUnknown(m)
+                .map_err(|e| {
+                    if committed {
+                        after_partial_commit(e)
+                    } else {
+                        e
                     }
-                    e => e,
                 })?;
             for (&i, item) in rest.iter().zip(decided) {
                 items[i] = Some(item);
@@ -406,9 +404,11 @@ impl Store {
         let mut retains = Vec::with_capacity(n);
         let mut reasons = Vec::with_capacity(n);
         let mut notes = Vec::with_capacity(n);
+        let mut resolved = Vec::with_capacity(n);
         for &i in which {
             let req = &reqs[i];
             let effect = core::completion_effect(&req.outcome, false);
+            resolved.push(effect.state);
             namespaces.push(req.key.namespace.as_str());
             keys.push(req.key.key.as_str());
             tokens.push(token_param(req.token));
@@ -449,12 +449,13 @@ impl Store {
             .map(|row| {
                 let ord: i64 = row.try_get(0).map_err(classify)?;
                 let now: Timestamp = row.try_get(1).map_err(classify)?;
-                let i = usize::try_from(ord - 1)
+                let p = usize::try_from(ord - 1)
                     .ok()
-                    .and_then(|p| which.get(p).copied())
+                    .filter(|&p| p < which.len())
                     .ok_or_else(|| Error::Internal(format!("complete returned position {ord}")))?;
+                let i = which[p];
                 let result = CompleteResult {
-                    state: core::completion_effect(&reqs[i].outcome, false).state,
+                    state: resolved[p],
                     token: reqs[i].token,
                     late: false,
                     resolved_at: now,
@@ -956,28 +957,29 @@ async fn insert_events(
     Ok(())
 }
 
-/// Commits. A connection lost during COMMIT leaves the outcome unknown, which callers must
-/// be told (they retry the claim with the same claim id, or inspect).
+/// Commits; see `classify_autocommit`.
 async fn commit(tx: deadpool_postgres::Transaction<'_>) -> Result<()> {
-    tx.commit().await.map_err(|e| {
-        if e.code().is_some() {
-            classify(e)
-        } else {
-            Error::CommitUnknown(e.to_string())
-        }
-    })
+    tx.commit().await.map_err(classify_autocommit)
 }
 
-/// Maps the error of a statement that commits on its own (no explicit transaction): a
-/// connection lost while it ran leaves its outcome unknown, as for a lost COMMIT.
+/// Maps the error of a statement that commits (a COMMIT, or a statement outside an explicit
+/// transaction, which commits on its own): a connection lost while it ran leaves its outcome
+/// unknown, and callers must be told so (they retry the claim with the same claim id or the
+/// same completion, or inspect).
 fn classify_autocommit(e: tokio_postgres::Error) -> Error {
     if e.code().is_some() {
         classify(e)
     } else {
-        match classify(e) {
-            Error::DatabaseUnavailable(m) => Error::CommitUnknown(m),
-            other => other,
-        }
+        Error::CommitUnknown(e.to_string())
+    }
+}
+
+/// An error after part of a batch was already committed: its callers must not be told that
+/// nothing happened.
+fn after_partial_commit(e: Error) -> Error {
+    match e {
+        Error::DatabaseUnavailable(m) => Error::CommitUnknown(m),
+        e => e,
     }
 }
 
