@@ -227,6 +227,19 @@ def build(results):
                 2.0,
             )
         )
+    # A hand-rolled application is not bound to one connection per caller: it could cap its
+    # pool at the client count where pgbench peaked. Against that best level, for each level.
+    single = [ops(n) for n in rows if n.startswith("pgbench_single")]
+    best_single = max((x for x in single if x), default=None)
+    for c in levels:
+        checks.append(
+            ratio_line(
+                f"Sentinel fresh at {c} callers / best pgbench one-txn-per-request (any client count)",
+                ops(f"sentinel_fresh_c{c}"),
+                best_single,
+                None,
+            )
+        )
     py = next((n for n in rows if n.startswith("python_fresh")), None)
     if py:
         pc = conc_of(py)

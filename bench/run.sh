@@ -18,7 +18,7 @@
 #   --phases   run only these phases (the report shows what was measured)
 #   --out      results directory (default bench/results/<timestamp>)
 #
-# Environment overrides: BENCH_DURATION, BENCH_WARMUP (seconds), BENCH_LEVELS ("16 64 256"),
+# Environment overrides: BENCH_DURATION, BENCH_WARMUP (seconds), BENCH_LEVELS ("16 64 256 1024"),
 # BENCH_DRIVER (client: the sentinel-client crate, the default; raw: the bare tonic stubs),
 # BENCH_SERVER_ARGS (extra `sentinel serve` flags for experiments, e.g. "--pool-size 24"),
 # BENCH_PRIME (seconds of priming load per cluster; 0 measures on the new, empty tables).
@@ -52,7 +52,11 @@ else
   replay_keys=10000; py_replay_keys=2000; hb_leases=20000; prime=5
 fi
 prime=${BENCH_PRIME:-$prime}
-levels=${BENCH_LEVELS:-16 64 256}
+levels=${BENCH_LEVELS:-16 64 256 1024}
+# pgbench opens one connection per client: every cluster (same settings for all) allows the
+# largest level plus room for the server's pool, psql and the Python threads.
+max_level=$(printf '%s\n' $levels | sort -n | tail -1)
+export PG_MAX_CONNECTIONS=$(( max_level + 64 > 300 ? max_level + 64 : 300 ))
 batched_levels="16 64"
 batch=16
 py_threads=16

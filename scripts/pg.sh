@@ -2,6 +2,7 @@
 # A throwaway PostgreSQL for tests and benchmarks.
 #   scripts/pg.sh start DIR PORT   initdb (if needed) and start a cluster on 127.0.0.1:PORT
 #   scripts/pg.sh stop DIR         stop it (fast shutdown)
+# PG_MAX_CONNECTIONS (default 300) sets max_connections.
 # Prints nothing but errors; the URL is postgres://postgres@127.0.0.1:PORT/postgres.
 set -euo pipefail
 
@@ -28,7 +29,7 @@ case "$cmd" in
         || { cat "$dir.initdb.log" >&2; exit 1; }
     fi
     as_pg "$bindir/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 \
-      -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=300 -c fsync=on -c synchronous_commit=on" \
+      -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=${PG_MAX_CONNECTIONS:-300} -c fsync=on -c synchronous_commit=on" \
       start >/dev/null
     ;;
   stop)

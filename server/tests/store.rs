@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use common::TestDb;
 use sentinel_server::core::{
-    self, ClaimOutcome, ClaimRequest, CompleteRequest, ExecKey, Key, LeaseExpiryPolicy, Namespace,
-    Outcome, Record, Rejection, SideEffects, State, Token,
+    self, ClaimOutcome, ClaimRequest, CompleteRequest, ExecKey, Key, LeaseExpiryPolicy,
+    ListRequest, Namespace, Outcome, Record, Rejection, SideEffects, State, Token,
 };
-use sentinel_server::store::Store;
+use sentinel_server::store::{Store, MIGRATIONS};
 
 async fn store() -> (Store, TestDb) {
     let db = TestDb::new().await;
@@ -290,4 +290,89 @@ async fn the_sweeper_walks_the_table_in_bounded_slices() {
     // A whole pass over what is left finds nothing more to do.
     let s = store.sweep(10, 10).await.unwrap();
     assert_eq!((s.expired, s.deleted), (0, 0));
+}
+
+/// Namespaces and keys compare byte by byte whatever the database's default collation
+/// (migration 3), and upgrading a database that holds records keeps them. The database here
+/// sorts text the ICU English way ("a" before "B"); the records are written under the
+/// schema of migration 2, the upgrade is applied, and the listing is then in byte order.
+#[tokio::test]
+async fn keys_compare_as_bytes_whatever_the_database_collation_and_the_upgrade_keeps_records() {
+    let db =
+        TestDb::with_options("TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'").await;
+    let c = db.connect().await;
+    let english: bool = c.query_one("SELECT 'a' < 'B'", &[]).await.unwrap().get(0);
+    assert!(
+        english,
+        "the test database should sort text the English way"
+    );
+
+    // The schema as a server of migration 2 left it.
+    for (version, name, sql) in &MIGRATIONS[..2] {
+        c.batch_execute(sql).await.unwrap();
+        c.execute(
+            "CREATE TABLE IF NOT EXISTS sentinel_migrations (version integer PRIMARY KEY, \
+             name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+            &[],
+        )
+        .await
+        .unwrap();
+        c.execute(
+            "INSERT INTO sentinel_migrations (version, name) VALUES ($1, $2)",
+            &[version, name],
+        )
+        .await
+        .unwrap();
+    }
+    let store = Store::connect(&db.url, 4).expect("pool");
+    let keys = ["b", "B", "a", "A", "é", "Z"];
+    let mut tokens = Vec::new();
+    for k in keys {
+        tokens.push(acquire(&store, k, Duration::from_secs(60)).await);
+    }
+    let done = store
+        .complete(&[success("a", tokens[2], b"kept")])
+        .await
+        .unwrap();
+    assert!(done.items[0].is_ok(), "{:?}", done.items[0]);
+
+    assert_eq!(store.migrate().await.unwrap(), vec![3]);
+    let listed: Vec<String> = store
+        .list(&ListRequest {
+            namespace: key("x").namespace,
+            state: None,
+            page_size: 100,
+            after: None,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.key.key.as_str().to_owned())
+        .collect();
+    let mut by_bytes: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    by_bytes.sort();
+    assert_eq!(listed, by_bytes);
+    assert_eq!(listed, ["A", "B", "Z", "a", "b", "é"]);
+
+    // Nothing was lost: records, results and history read back through the new keys.
+    let a = record(&store, "a").await;
+    assert_eq!(a.state, State::Completed);
+    assert_eq!(a.response.as_deref(), Some(&b"kept"[..]));
+    assert_eq!(reasons(&store, "a").await, ["claim", "complete"]);
+    for (k, t) in keys.iter().zip(&tokens) {
+        assert_eq!(record(&store, k).await.token, *t, "{k}");
+    }
+    let history_key: String = c
+        .query_one(
+            "SELECT string_agg(a.attname, ',' ORDER BY k.ord)
+               FROM pg_index i
+               CROSS JOIN unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+              WHERE i.indrelid = 'execution_events'::regclass AND i.indisprimary",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(history_key, "namespace,key,id");
 }

@@ -11,6 +11,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "hot_updates",
         include_str!("migrations/0002_hot_updates.sql"),
     ),
+    (
+        3,
+        "byte_keys_and_history_key",
+        include_str!("migrations/0003_byte_keys_and_history_key.sql"),
+    ),
 ];
 
 const MIGRATION_LOCK: i64 = 1397050963;

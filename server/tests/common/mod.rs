@@ -32,6 +32,11 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> TestDb {
+        TestDb::with_options("").await
+    }
+
+    /// A fresh database created with extra `CREATE DATABASE` options (say, another collation).
+    pub async fn with_options(options: &str) -> TestDb {
         let admin = admin_url();
         let name = format!("sentinel_t_{}", uuid::Uuid::new_v4().simple());
         let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
@@ -39,7 +44,7 @@ impl TestDb {
             .expect("connect to the test PostgreSQL");
         tokio::spawn(conn);
         client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .batch_execute(&format!("CREATE DATABASE {name} {options}"))
             .await
             .expect("create test database");
         let mut cfg: tokio_postgres::Config = admin.parse().unwrap();
