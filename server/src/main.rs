@@ -80,8 +80,32 @@ fn announce(ready: Ready) {
     let _ = out.flush();
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    match runtime() {
+        Ok(rt) => rt.block_on(cli_main()),
+        Err(e) => {
+            eprintln!("sentinel: error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// tokio's multi-threaded runtime, with its LIFO slot turned off when tokio's unstable options
+/// are compiled in (`.cargo/config.toml`). With the slot, a task woken by another runs right
+/// after it: when a batch commits, each caller's HTTP/2 stream task wakes its connection's task,
+/// which then runs at once and writes that one response in a system call of its own. Without
+/// it, the connection's task runs after the stream tasks the batch woke and writes their
+/// responses together. Measured at 64 callers: 0.9 `writev` per response before, 0.12 after,
+/// and 10-20% less server CPU per request.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    builder.build()
+}
+
+async fn cli_main() -> ExitCode {
     let cli = Cli::parse();
     let _guard = match telemetry::init(cli.log_format, cli.otlp_endpoint, cli.trace_raw_keys) {
         Ok(g) => g,
