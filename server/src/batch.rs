@@ -220,6 +220,26 @@ mod tests {
         }
     }
 
+    /// Queues request `i` from a task of its own.
+    fn call(b: &Batcher<u32, u32>, i: u32) -> JoinHandle<Result<u32, Error>> {
+        let b = b.clone();
+        tokio::spawn(async move { b.call(i).await })
+    }
+
+    /// A batcher with a batch (request 0) in flight until `open` is used or dropped.
+    async fn with_a_batch_in_flight() -> (
+        Batcher<u32, u32>,
+        Seen,
+        oneshot::Sender<()>,
+        JoinHandle<Result<u32, Error>>,
+    ) {
+        let (open, gate) = oneshot::channel();
+        let (b, batches) = batcher(Some(gate));
+        let first = call(&b, 0);
+        settle().await;
+        (b, batches, open, first)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_lone_request_runs_at_once() {
         let (b, batches) = batcher(None);
@@ -231,18 +251,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn requests_arriving_during_a_batch_wait_for_it_and_then_go_together() {
-        let (open, gate) = oneshot::channel();
-        let (b, batches) = batcher(Some(gate));
-        let first = tokio::spawn({
-            let b = b.clone();
-            async move { b.call(0).await }
-        });
-        settle().await;
+        let (b, batches, open, first) = with_a_batch_in_flight().await;
         // One at a time, each after the second worker could have taken the previous one.
         let mut later = Vec::new();
         for i in 1..=3 {
-            let b = b.clone();
-            later.push(tokio::spawn(async move { b.call(i).await }));
+            later.push(call(&b, i));
             settle().await;
         }
         assert_eq!(
@@ -260,13 +273,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stuck_batch_delays_the_next_by_at_most_the_overlap_wait() {
-        let (_open, gate) = oneshot::channel::<()>();
-        let (b, batches) = batcher(Some(gate));
-        let _stuck = tokio::spawn({
-            let b = b.clone();
-            async move { b.call(0).await }
-        });
-        settle().await;
+        let (b, batches, _open, _stuck) = with_a_batch_in_flight().await;
         let t0 = Instant::now();
         assert_eq!(b.call(5).await.unwrap(), 5);
         assert_eq!(t0.elapsed(), OVERLAP_WAIT);
@@ -275,20 +282,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn enough_requests_run_beside_the_batch_in_flight_without_waiting() {
-        let (_open, gate) = oneshot::channel::<()>();
-        let (b, batches) = batcher(Some(gate));
-        let _stuck = tokio::spawn({
-            let b = b.clone();
-            async move { b.call(0).await }
-        });
-        settle().await;
+        let (b, batches, _open, _stuck) = with_a_batch_in_flight().await;
         let t0 = Instant::now();
-        let calls: Vec<_> = (1..=OVERLAP_MIN as u32)
-            .map(|i| {
-                let b = b.clone();
-                tokio::spawn(async move { b.call(i).await })
-            })
-            .collect();
+        let calls: Vec<_> = (1..=OVERLAP_MIN as u32).map(|i| call(&b, i)).collect();
         for (i, h) in (1..).zip(calls) {
             assert_eq!(h.await.unwrap().unwrap(), i);
         }
