@@ -41,6 +41,23 @@ struct InFlight {
     finished: Notify,
 }
 
+impl InFlight {
+    /// Counts a batch in flight until the returned guard is dropped (even by a panic).
+    fn start(&self) -> Running<'_> {
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        Running(self)
+    }
+}
+
+struct Running<'a>(&'a InFlight);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.batches.fetch_sub(1, Ordering::SeqCst);
+        self.0.finished.notify_waiters();
+    }
+}
+
 struct Job<Req, Resp> {
     req: Req,
     reply: oneshot::Sender<Resp>,
@@ -86,7 +103,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
                 let in_flight = in_flight.clone();
                 tokio::spawn(async move {
                     loop {
-                        let jobs = {
+                        let (jobs, running) = {
                             let mut rx = rx.lock().await;
                             let Some(first) = rx.recv().await else { break };
                             let mut jobs = vec![first];
@@ -94,15 +111,13 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
                             gather_while_in_flight(&mut rx, &mut jobs, max_batch, &in_flight).await;
                             // Counted before the queue is released, so that the next worker
                             // sees this batch in flight.
-                            in_flight.batches.fetch_add(1, Ordering::SeqCst);
-                            jobs
+                            (jobs, in_flight.start())
                         };
                         observe(jobs.len());
                         let (reqs, replies): (Vec<Req>, Vec<oneshot::Sender<Resp>>) =
                             jobs.into_iter().map(|j| (j.req, j.reply)).unzip();
                         let resps = handler(reqs).await;
-                        in_flight.batches.fetch_sub(1, Ordering::SeqCst);
-                        in_flight.finished.notify_waiters();
+                        drop(running);
                         debug_assert_eq!(resps.len(), replies.len());
                         for (reply, resp) in replies.into_iter().zip(resps) {
                             // The caller may have gone away; its request still committed.
