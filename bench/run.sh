@@ -57,6 +57,11 @@ levels=${BENCH_LEVELS:-16 64 256 1024}
 # largest level plus room for the server's pool, psql and the Python threads.
 max_level=$(printf '%s\n' $levels | sort -n | tail -1)
 export PG_MAX_CONNECTIONS=$(( max_level + 64 > 300 ? max_level + 64 : 300 ))
+# pgbench holds a socket per client: raise the soft limit on open files if it is lower.
+if [[ $(ulimit -n) != unlimited && $(ulimit -n) -lt $((max_level + 64)) ]]; then
+  ulimit -n $((max_level + 64)) 2>/dev/null \
+    || echo "run.sh: warning: open-file limit $(ulimit -n) is below $((max_level + 64)); pgbench may fail at $max_level clients" >&2
+fi
 batched_levels="16 64"
 batch=16
 py_threads=16
