@@ -203,7 +203,7 @@ mod tests {
     type Seen = Arc<StdMutex<Vec<Vec<u32>>>>;
 
     /// A batcher of two workers whose handler records each batch; a batch holding request 0
-    /// waits for `gate` before it finishes.
+    /// waits for `gate` before it finishes, and one holding `PANICS` panics.
     fn batcher(gate: Option<oneshot::Receiver<()>>) -> (Batcher<u32, u32>, Seen) {
         let batches = Arc::new(StdMutex::new(Vec::new()));
         let gate = Arc::new(Mutex::new(gate));
@@ -216,6 +216,7 @@ mod tests {
                 let gate = gate.clone();
                 async move {
                     seen.lock().unwrap().push(reqs.clone());
+                    assert!(!reqs.contains(&PANICS), "the handler panics");
                     if reqs.contains(&0) {
                         if let Some(g) = gate.lock().await.take() {
                             let _ = g.await;
@@ -228,6 +229,8 @@ mod tests {
         );
         (b, batches)
     }
+
+    const PANICS: u32 = 99;
 
     async fn settle() {
         for _ in 0..20 {
@@ -307,5 +310,15 @@ mod tests {
         let batches = batches.lock().unwrap();
         assert_eq!(batches.len(), 2, "{batches:?}");
         assert_eq!(batches[1].len(), OVERLAP_MIN);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_whose_handler_panics_does_not_hold_up_the_next() {
+        let (b, batches) = batcher(None);
+        assert!(b.call(PANICS).await.is_err(), "its caller is not answered");
+        let t0 = Instant::now();
+        assert_eq!(b.call(5).await.unwrap(), 5);
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+        assert_eq!(*batches.lock().unwrap(), vec![vec![PANICS], vec![5]]);
     }
 }

@@ -308,15 +308,15 @@ async fn keys_compare_as_bytes_whatever_the_database_collation_and_the_upgrade_k
     );
 
     // The schema as a server of migration 2 left it.
+    c.execute(
+        "CREATE TABLE sentinel_migrations (version integer PRIMARY KEY, \
+         name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+        &[],
+    )
+    .await
+    .unwrap();
     for (version, name, sql) in &MIGRATIONS[..2] {
         c.batch_execute(sql).await.unwrap();
-        c.execute(
-            "CREATE TABLE IF NOT EXISTS sentinel_migrations (version integer PRIMARY KEY, \
-             name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
-            &[],
-        )
-        .await
-        .unwrap();
         c.execute(
             "INSERT INTO sentinel_migrations (version, name) VALUES ($1, $2)",
             &[version, name],

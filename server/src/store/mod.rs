@@ -791,16 +791,17 @@ impl Store {
             let (expired, deleted): (i64, i64) = (slice.get(3), slice.get(4));
             stats.expired += expired as u64;
             stats.deleted += deleted as u64;
-            let (Some(hi_ns), Some(hi_key)) = last else {
-                // Nothing after the cursor: the pass is over; the next starts from the top.
-                *self.sweep_cursor() = Default::default();
-                break;
-            };
-            if seen < batch {
-                *self.sweep_cursor() = Default::default();
-                break;
+            match last {
+                (Some(hi_ns), Some(hi_key)) if seen >= batch => {
+                    *self.sweep_cursor() = (hi_ns, hi_key);
+                }
+                // Less than a full slice after the cursor: the pass is over, and the next one
+                // starts from the top.
+                _ => {
+                    *self.sweep_cursor() = Default::default();
+                    break;
+                }
             }
-            *self.sweep_cursor() = (hi_ns, hi_key);
         }
         Ok(stats)
     }
