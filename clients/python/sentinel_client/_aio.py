@@ -139,10 +139,13 @@ class _Heartbeater:
             return
         self._closed = True
         _notify(self._table.close())
+        reader = self._reader
         self._drop_stream()
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        # Both end before the channel closes, so that no call of this client is left in flight.
+        pending = [t for t in (self._task, reader) if t is not None]
+        await asyncio.gather(*pending, return_exceptions=True)
 
     def _drop_stream(self) -> None:
         if self._call is not None:

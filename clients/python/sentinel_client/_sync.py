@@ -123,6 +123,7 @@ class _Heartbeater:
         self._reopen_at = 0.0
         self._idle_since = time.monotonic()
         self._thread: Optional[threading.Thread] = None
+        self._readers: List[threading.Thread] = []
         self._closed = False
         self.streams_opened = 0
         self.last_error: Optional[BaseException] = None
@@ -160,8 +161,14 @@ class _Heartbeater:
         _notify(notes)
         if stream is not None:
             stream.close()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        # Wait for the loop and for every reader to see its call end, so that no call of this
+        # client is still in flight when the caller closes the channel or the interpreter exits.
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            threads = [self._thread, *self._readers]
+        for t in threads:
+            if t is not None and t is not threading.current_thread():
+                t.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         # This loop also enforces the local deadlines, so it must outlive any unexpected error.
@@ -213,9 +220,12 @@ class _Heartbeater:
         self._stream = stream
         self.streams_opened += 1
         self._table.on_stream_reset(now)
-        threading.Thread(
+        self._readers = [t for t in self._readers if t.is_alive()]
+        reader = threading.Thread(
             target=self._read, args=(stream,), name="sentinel-heartbeat-reader", daemon=True
-        ).start()
+        )
+        self._readers.append(reader)
+        reader.start()
         return stream
 
     def _read(self, stream: _Stream) -> None:

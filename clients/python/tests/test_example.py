@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -13,16 +14,22 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stripe_webhook.
 
 def test_stripe_webhook_example_charges_once_and_replays(addr: str) -> None:
     charge_id = f"ch_{uuid.uuid4().hex}"
-    proc = subprocess.run(
+    # With the fault handler on, SIGABRT makes a stuck example print every thread's stack.
+    env = {**os.environ, "SENTINEL_ADDR": addr, "PYTHONFAULTHANDLER": "1"}
+    with subprocess.Popen(
         [sys.executable, str(EXAMPLE), charge_id],
-        env={**os.environ, "SENTINEL_ADDR": addr},
-        capture_output=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            out, err = proc.communicate()
+            raise AssertionError(f"the example did not exit within 60 s\n{out}\n{err}") from None
+    assert proc.returncode == 0, err
     assert out.count(f"charging {charge_id}") == 1, out
     assert "'http_status': 200, 'cached': False" in out, out
     assert "'http_status': 200, 'cached': True" in out, out

@@ -356,3 +356,30 @@ def test_a_retried_claim_with_the_same_claim_id_gets_the_same_lease(client: Sent
     retry = client._stub.Claim(req)
     assert first.WhichOneof("outcome") == retry.WhichOneof("outcome") == "acquired"
     assert retry.acquired.token == first.acquired.token
+
+
+def test_close_returns_only_after_the_heartbeat_threads_have_ended(addr: str) -> None:
+    # A call still in flight while the channel closes or the interpreter exits can hang the
+    # process in gRPC's shutdown; close() must leave none behind.
+    def heartbeat_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("sentinel-heartbeat")}
+
+    before = heartbeat_threads()
+    client = Sentinel(addr, namespace=new_namespace())
+    opened = threading.Event()
+
+    def job(lease: Lease) -> int:
+        # ttl 600 ms: a heartbeat is due every 200 ms, so the stream opens while this runs.
+        deadline = time.monotonic() + 5
+        while client._heartbeater.streams_opened == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        opened.set()
+        return lease.token
+
+    result = client.once(new_key(), job, ttl_ms=600)
+    assert result.success and opened.is_set()
+    assert client._heartbeater.streams_opened >= 1
+    started = heartbeat_threads() - before
+    assert any(t.name == "sentinel-heartbeat-reader" for t in started), started
+    client.close()
+    assert [t for t in started if t.is_alive()] == []
