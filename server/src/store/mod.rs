@@ -32,7 +32,9 @@ use crate::core::{
 use crate::error::{Error, Result};
 use crate::telemetry::metrics::timed;
 pub use migrate::{migrate, MIGRATIONS};
-use rows::{history_from_row, record_from_row, token_param, EventColumns, RecordColumns};
+use rows::{
+    history_from_row, input_position, record_from_row, token_param, EventColumns, RecordColumns,
+};
 
 /// A token that this store bumped, so that whoever held the old one is now fenced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -447,12 +449,8 @@ impl Store {
             .map_err(classify_autocommit)?;
         rows.iter()
             .map(|row| {
-                let ord: i64 = row.try_get(0).map_err(classify)?;
+                let p = input_position(row, which.len(), "complete")?;
                 let now: Timestamp = row.try_get(1).map_err(classify)?;
-                let p = usize::try_from(ord - 1)
-                    .ok()
-                    .filter(|&p| p < which.len())
-                    .ok_or_else(|| Error::Internal(format!("complete returned position {ord}")))?;
                 let i = which[p];
                 let result = CompleteResult {
                     state: resolved[p],
@@ -592,13 +590,9 @@ impl Store {
         drop(client);
         let mut results: Vec<Option<HeartbeatResult>> = vec![None; unique.len()];
         for row in rows {
-            let ord: i64 = row.try_get(0).map_err(classify)?;
+            let slot = input_position(&row, unique.len(), "heartbeat")?;
             let until: Timestamp = row.try_get(1).map_err(classify)?;
             let now: Timestamp = row.try_get(2).map_err(classify)?;
-            let slot = usize::try_from(ord - 1)
-                .ok()
-                .filter(|&s| s < unique.len())
-                .ok_or_else(|| Error::Internal(format!("heartbeat returned position {ord}")))?;
             results[slot] = Some(HeartbeatResult::Alive {
                 lease_expires_at: until,
                 ttl_remaining: (until - now).to_std().unwrap_or_default(),

@@ -55,6 +55,17 @@ pub fn record_from_row(row: &Row, at: usize) -> Result<(ExecKey, Record), Error>
     Ok((key, record))
 }
 
+/// The 0-based position in a statement's input arrays of a row whose column 0 is the input's
+/// `WITH ORDINALITY` number (1-based). `len` is the number of inputs; `statement` names the
+/// statement in the error for a number out of range.
+pub fn input_position(row: &Row, len: usize, statement: &str) -> Result<usize, Error> {
+    let ord: i64 = row.try_get(0).map_err(db)?;
+    usize::try_from(ord - 1)
+        .ok()
+        .filter(|&p| p < len)
+        .ok_or_else(|| Error::Internal(format!("{statement} returned position {ord}")))
+}
+
 pub fn history_from_row(row: &Row) -> Result<HistoryEvent, Error> {
     let token: i64 = row.try_get(1).map_err(db)?;
     let from: i16 = row.try_get(2).map_err(db)?;
